@@ -1,0 +1,226 @@
+"""PCA of scaled 3x3 filters from mergeable moments (pure numpy, float64).
+
+The distributed job computes :class:`FilterMoments` per batch/partition (or as Spark SQL
+sums, see :meth:`FilterMoments.from_flat`), merges them, and finishes on the driver with
+:func:`pca_from_moments`. Coefficients are produced per batch with :func:`project`, whose
+result for a row does not depend on how rows were batched.
+
+Precision: moments are accumulated about a reference point ``ref`` (``x - ref``). With
+``ref = 0`` the covariance is ``(S2 - S1 S1ᵀ/n)/(n-1)``, which cancels catastrophically
+when ``|mean|² >> variance``; choosing ``ref`` near the mean (any provisional estimate,
+e.g. the mean of the first batch, see :func:`provisional_reference`) removes that loss.
+Moments with different references merge by an exact-in-exact-arithmetic re-centring.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+N_WEIGHTS = 9
+_ROWS = 8192  # rows per block in project()
+
+
+def _as_filters(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != N_WEIGHTS:
+        raise ValueError(f"expected an (n, 9) array of 3x3 filters, got shape {x.shape}")
+    return x
+
+
+def scale_filters(x: np.ndarray) -> np.ndarray:
+    """Divide each filter (row of an (n, 9) array) by its own max |w|.
+
+    All-zero rows are returned unchanged. Purely row-wise, so the result of a row is
+    bit-identical whatever the batch split. Rows containing NaN are returned unchanged
+    (NaN propagates); the output is always a new float64 array.
+    """
+    x = _as_filters(x)
+    peak = np.max(np.abs(x), axis=1, keepdims=True) if x.shape[0] else np.ones((0, 1))
+    out = x.copy()
+    np.divide(x, peak, out=out, where=peak > 0)
+    return out
+
+
+def upper_triangle_pairs(d: int = N_WEIGHTS) -> list[tuple[int, int]]:
+    """The 45 pairs ``(i, j)``, ``i <= j``, in row-major order (the ``from_flat`` order).
+
+    The Spark side builds ``sum((w_i - ref_i) * (w_j - ref_j))`` in exactly this order.
+    """
+    return [(i, j) for i in range(d) for j in range(i, d)]
+
+
+@dataclass
+class FilterMoments:
+    """Mergeable first/second moments of filters about a reference point ``ref``.
+
+    ``sum = Σ (x - ref)`` (9,), ``cross = Σ (x - ref)ᵀ (x - ref)`` (9, 9), ``n`` rows.
+    ``ref`` defaults to zeros (raw moments).
+    """
+
+    n: int
+    sum: np.ndarray
+    cross: np.ndarray
+    ref: np.ndarray = field(default_factory=lambda: np.zeros(N_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        self.n = int(self.n)
+        self.sum = np.asarray(self.sum, dtype=np.float64).reshape(N_WEIGHTS)
+        self.cross = np.asarray(self.cross, dtype=np.float64).reshape(N_WEIGHTS, N_WEIGHTS)
+        self.ref = np.asarray(self.ref, dtype=np.float64).reshape(N_WEIGHTS)
+
+    @classmethod
+    def zeros(cls, ref: np.ndarray | None = None) -> "FilterMoments":
+        """The empty (identity) element for :meth:`merge`."""
+        r = np.zeros(N_WEIGHTS) if ref is None else ref
+        return cls(0, np.zeros(N_WEIGHTS), np.zeros((N_WEIGHTS, N_WEIGHTS)), r)
+
+    @classmethod
+    def from_flat(
+        cls,
+        n: int,
+        sums9: np.ndarray,
+        products45: np.ndarray,
+        ref: np.ndarray | None = None,
+    ) -> "FilterMoments":
+        """Build from SQL aggregates: 9 sums and the 45 upper-triangle product sums.
+
+        ``products45[k] = Σ (w_i - ref_i)(w_j - ref_j)`` for ``(i, j) =
+        upper_triangle_pairs()[k]``. NULL sums (empty input) may be passed as NaN/None
+        only when ``n == 0``.
+        """
+        n = int(n)
+        s = np.asarray(sums9, dtype=np.float64).reshape(N_WEIGHTS)
+        p = np.asarray(products45, dtype=np.float64).reshape(-1)
+        if p.size != N_WEIGHTS * (N_WEIGHTS + 1) // 2:
+            raise ValueError(f"expected 45 products, got {p.size}")
+        if n == 0:
+            return cls.zeros(ref)
+        iu = np.triu_indices(N_WEIGHTS)  # row-major, i <= j: same order as the pairs
+        cross = np.zeros((N_WEIGHTS, N_WEIGHTS))
+        cross[iu] = p
+        cross.T[iu] = p
+        return cls(n, s, cross, np.zeros(N_WEIGHTS) if ref is None else ref)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.ref + self.sum / self.n
+
+    def recentred(self, ref: np.ndarray) -> "FilterMoments":
+        """The same moments expressed about another reference point."""
+        ref = np.asarray(ref, dtype=np.float64).reshape(N_WEIGHTS)
+        if np.array_equal(ref, self.ref):
+            return self
+        d = self.ref - ref  # x - ref = (x - self.ref) + d
+        s = self.sum + self.n * d
+        cross = (
+            self.cross
+            + np.outer(self.sum, d)
+            + np.outer(d, self.sum)
+            + self.n * np.outer(d, d)
+        )
+        return FilterMoments(self.n, s, cross, ref)
+
+    def merge(self, other: "FilterMoments") -> "FilterMoments":
+        """Sum of two moment sets; ``other`` is re-centred onto ``self.ref`` if needed."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other.recentred(self.ref)
+        o = other.recentred(self.ref)
+        return FilterMoments(self.n + o.n, self.sum + o.sum, self.cross + o.cross, self.ref)
+
+    __add__ = merge
+
+    def covariance(self) -> np.ndarray:
+        """Unbiased (n-1) covariance; shift-invariant, accurate when ``ref ≈ mean``."""
+        if self.n < 2:
+            raise ValueError(f"covariance needs at least 2 filters, got {self.n}")
+        cov = (self.cross - np.outer(self.sum, self.sum) / self.n) / (self.n - 1)
+        return (cov + cov.T) / 2
+
+
+def moments(x: np.ndarray, ref: np.ndarray | None = None) -> FilterMoments:
+    """Moments of an (n, 9) batch about ``ref`` (default zeros)."""
+    x = _as_filters(x)
+    r = np.zeros(N_WEIGHTS) if ref is None else np.asarray(ref, dtype=np.float64)
+    d = x - r
+    return FilterMoments(x.shape[0], d.sum(axis=0), d.T @ d, r)
+
+
+def provisional_reference(x: np.ndarray) -> np.ndarray:
+    """A reference point for :func:`moments` from a sample (e.g. the first batch).
+
+    The sample mean, rounded to 2**-10 so it is short, exactly representable and easy
+    to pass into SQL literals. Any value near the population mean works.
+    """
+    x = _as_filters(x)
+    if x.shape[0] == 0:
+        return np.zeros(N_WEIGHTS)
+    return np.round(x.mean(axis=0) * 1024.0) / 1024.0
+
+
+@dataclass
+class PCABasis:
+    """Principal components of the scaled filters (rows of ``components``)."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+    explained_variance_ratio: np.ndarray
+    n_filters: int
+
+    def transform(self, x_scaled: np.ndarray) -> np.ndarray:
+        return project(x_scaled, self)
+
+
+def _fix_signs(components: np.ndarray) -> np.ndarray:
+    """Make the largest-|value| entry of each row positive (first index on ties)."""
+    idx = np.argmax(np.abs(components), axis=1)
+    signs = np.where(components[np.arange(components.shape[0]), idx] < 0, -1.0, 1.0)
+    return components * signs[:, None]
+
+
+def _basis_from_cov(cov: np.ndarray, mean: np.ndarray, n: int) -> PCABasis:
+    cov = (cov + cov.T) / 2
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(-evals, kind="stable")
+    ev = np.clip(evals[order], 0.0, None)
+    comps = _fix_signs(evecs[:, order].T.copy())
+    total = ev.sum()
+    ratio = ev / total if total > 0 else np.zeros_like(ev)
+    return PCABasis(np.array(mean, dtype=np.float64), comps, ev, ratio, int(n))
+
+
+def pca_from_moments(m: FilterMoments) -> PCABasis:
+    """PCA basis from merged moments (centred covariance with n-1, as scikit-learn)."""
+    return _basis_from_cov(m.covariance(), m.mean, m.n)
+
+
+def pca_direct(x_scaled: np.ndarray) -> PCABasis:
+    """In-memory reference: ``np.cov`` + ``eigh`` + the same ordering and sign rule."""
+    x = _as_filters(x_scaled)
+    if x.shape[0] < 2:
+        raise ValueError(f"PCA needs at least 2 filters, got {x.shape[0]}")
+    return _basis_from_cov(np.cov(x, rowvar=False), x.mean(axis=0), x.shape[0])
+
+
+def project(x_scaled: np.ndarray, basis: PCABasis) -> np.ndarray:
+    """Coefficients ``(x - mean) @ components.T``, (n, 9).
+
+    Evaluated as an explicit element-wise sum over the 9 weights in a fixed order (no
+    BLAS), so each row's result is bit-identical however the rows are batched.
+    """
+    x = _as_filters(x_scaled)
+    mean = np.asarray(basis.mean, dtype=np.float64)
+    comp = np.asarray(basis.components, dtype=np.float64)
+    out = np.empty((x.shape[0], comp.shape[0]))
+    tmp = np.empty((min(x.shape[0], _ROWS), comp.shape[0]))
+    for s in range(0, x.shape[0], _ROWS):  # cache-sized blocks; element-wise, so exact
+        d = x[s : s + _ROWS] - mean
+        o, t = out[s : s + _ROWS], tmp[: d.shape[0]]
+        np.multiply(d[:, 0:1], comp[:, 0], out=o)
+        for j in range(1, N_WEIGHTS):
+            np.multiply(d[:, j : j + 1], comp[:, j], out=t)
+            o += t
+    return out
