@@ -1,0 +1,210 @@
+"""``filterspark`` command line: setup, demo-zoo, extract, sql (and the other stages' commands).
+
+Each sub-command has an ``add_*_arguments(parser)`` and a ``run_*(args) -> int``; the
+``jobs/*.py`` scripts for spark-submit call the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
+
+DEFAULT_ZOO_DIR = "demo_zoo"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="warehouse directory or URI (default: ./warehouse)")
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="database the tables are registered in (default: filterdb)")
+
+
+# --- setup -------------------------------------------------------------------------------
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spark-home", help="Spark installation to configure (default: the installed pyspark)")
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    """Make plain ``spark-submit`` Delta-ready and pre-fetch the Delta JARs."""
+    from .session import install_spark_defaults
+
+    path = install_spark_defaults(args.spark_home)
+    print(f"Delta Lake settings in {path}")
+    from .session import build_session
+
+    spark = build_session(app_name="filterspark-setup")
+    spark.range(1).count()
+    spark.stop()
+    print("Delta Lake JARs resolved")
+    return 0
+
+
+# --- demo zoo ------------------------------------------------------------------------------
+
+
+def add_demo_zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import zoo
+
+    zoo.add_arguments(parser)
+
+
+def run_demo_zoo(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    return zoo.run(args)
+
+
+# --- extract -------------------------------------------------------------------------------
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--catalog", help="CSV or JSON-lines model catalog; default: build and use the demo zoo")
+    parser.add_argument("--zoo-dir", default=DEFAULT_ZOO_DIR, help="where the demo zoo is built when no catalog is given")
+    parser.add_argument("--models-per-task", type=int, default=1, help="catalog rows per Spark task (default 1)")
+    parser.add_argument(
+        "--gpus-per-task",
+        type=float,
+        default=None,
+        help="GPUs each extraction task asks for through stage-level scheduling "
+        "(default: 1 when executors have GPUs, else 0)",
+    )
+    parser.add_argument("--force", action="store_true", help="re-extract models even when unchanged")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when any model failed")
+    from .quality import QualityThresholds
+
+    for name, value in vars(QualityThresholds()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
+
+
+def _demo_catalog(zoo_dir: str) -> str:
+    catalog = Path(zoo_dir) / "catalog.csv"
+    if catalog.exists():
+        return str(catalog)
+    from .zoo import build_demo_zoo
+
+    print(f"building the demo zoo in {zoo_dir} ...", flush=True)
+    return str(build_demo_zoo(zoo_dir))
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """The extraction job (``spark-submit jobs/extract.py``)."""
+    from .catalog import CatalogError, read_catalog
+    from .extract_job import ExtractOptions, run_extraction
+    from .devices import default_gpus_per_task
+    from .quality import QualityThresholds
+    from .session import build_session
+
+    catalog = args.catalog or _demo_catalog(args.zoo_dir)
+    try:
+        entries = read_catalog(catalog)
+    except CatalogError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    overrides = {k: getattr(args, k) for k in vars(QualityThresholds())}
+    thresholds = QualityThresholds.from_dict(overrides)
+    spark = build_session(app_name="filterspark-extract", warehouse=args.warehouse, database=args.database)
+    gpus = args.gpus_per_task if args.gpus_per_task is not None else default_gpus_per_task(spark)
+    options = ExtractOptions(
+        warehouse=args.warehouse,
+        database=args.database,
+        thresholds=thresholds,
+        models_per_task=args.models_per_task,
+        gpus_per_task=gpus,
+        force=args.force,
+    )
+    report = run_extraction(spark, entries, options)
+    print(f"catalog: {catalog}")
+    for line in report.lines():
+        print(line)
+    print(f"tables: {args.database}.models, {args.database}.layers, {args.database}.filters in {args.warehouse}")
+    return 1 if (args.strict and report.failed) else 0
+
+
+# --- sql -------------------------------------------------------------------------------------
+
+
+def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--limit", type=int, default=1000, help="most rows printed (default 1000; 0 = all)")
+    parser.add_argument("query", help="SQL; tables are <database>.<table>, e.g. filterdb.filters")
+
+
+def _jsonable(value):
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if hasattr(value, "asDict"):
+        return {k: _jsonable(v) for k, v in value.asDict().items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def format_rows(columns: list[str], rows: list, fmt: str, out=None) -> None:
+    """Print query rows as an aligned table, CSV or JSON lines."""
+    out = out or sys.stdout
+    if fmt == "json":
+        for row in rows:
+            out.write(json.dumps({c: _jsonable(v) for c, v in zip(columns, row)}, default=str) + "\n")
+        return
+    cells = [[("" if v is None else str(_jsonable(v))) for v in row] for row in rows]
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+        return
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+    out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    """Run one SQL statement against the warehouse's registered tables."""
+    from .session import build_session
+
+    spark = build_session(app_name="filterspark-sql", warehouse=args.warehouse, database=args.database)
+    df = spark.sql(args.query)
+    if args.limit:
+        df = df.limit(args.limit)
+    format_rows(df.columns, [tuple(r) for r in df.collect()], args.format)
+    return 0
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "setup": ("configure spark-submit for Delta Lake and fetch its JARs", add_setup_arguments, run_setup),
+    "demo-zoo": ("train the demo zoo of tiny CNNs and write its catalog", add_demo_zoo_arguments, run_demo_zoo),
+    "extract": ("extract a model catalog into Delta tables", add_extract_arguments, run_extract),
+    "sql": ("run a SQL query against the warehouse", add_sql_arguments, run_sql),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="filterspark", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command][2](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Per-model extraction, as run inside one Spark task (no SparkSession here).
+
+``extract_model`` loads one checkpoint completely (so a broken file fails before any
+row is emitted), computes the per-layer rows and quality metrics on the task's device,
+and returns the small summaries plus a generator of Arrow batches of filter rows that
+holds at most one layer's rows at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .catalog import CatalogEntry
+from .loaders import load_model
+from .loaders.base import ConvLayer, LoadError, LoadedModel
+from .quality import QualityThresholds, layer_quality, model_quality
+from .schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, WEIGHT_COLUMNS, arrow_schema
+
+#: Rows per Arrow batch streamed to Spark (a layer larger than this is split).
+MAX_BATCH_ROWS = 262_144
+_READ_CHUNK = 1 << 22
+FILTERS_ARROW_SCHEMA = arrow_schema(FILTERS)
+
+
+def file_checksum(path: str) -> tuple[str, int]:
+    """sha256 hex digest and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def checksum_or_error(path: str) -> dict:
+    """Checksum record of one catalog file; never raises."""
+    try:
+        checksum, size = file_checksum(path)
+        return {"checksum": checksum, "file_size": size, "error": None}
+    except FileNotFoundError:
+        return {"checksum": None, "file_size": None, "error": f"file not found: {path}"}
+    except OSError as err:
+        return {"checksum": None, "file_size": None, "error": f"cannot read file: {err.strerror or err}"}
+
+
+def conv_depths(layers: list[ConvLayer]) -> list[tuple[int, float]]:
+    """(conv_depth, conv_depth_norm) per layer from the loaders' levels (DESIGN.md: Depth)."""
+    levels = sorted({layer.level for layer in layers})
+    rank = {level: i for i, level in enumerate(levels)}
+    span = max(len(levels) - 1, 1)
+    return [(rank[l.level], rank[l.level] / span if len(levels) > 1 else 0.0) for l in layers]
+
+
+def _channels(layer: ConvLayer) -> tuple[int, int]:
+    a, b = int(layer.weight.shape[0]), int(layer.weight.shape[1])
+    groups = layer.groups or 1
+    if layer.op == "ConvTranspose":
+        return b * groups, a  # (out, in)
+    return a, b * groups
+
+
+@dataclass
+class ModelExtraction:
+    """What one task produces for one model."""
+
+    summary: dict
+    layers: list[dict] = field(default_factory=list)
+    loaded: LoadedModel | None = None
+    depths: list[tuple[int, float]] = field(default_factory=list)
+
+    def filter_batches(self, max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Arrow batches of ``filters`` rows, one layer (or slice of one) at a time."""
+        if self.loaded is None:
+            return
+        model_id = self.summary["model_id"]
+        meta = [self.summary.get(c) for c in FILTER_METADATA]
+        for index, layer in enumerate(self.loaded.layers):
+            if layer.kernel_shape != (3, 3):
+                continue
+            weights = layer.weight.detach().reshape(-1, 9).to("cpu", torch.float32).numpy()
+            depth, depth_norm = self.depths[index]
+            for start in range(0, weights.shape[0], max_rows):
+                chunk = weights[start : start + max_rows]
+                n = chunk.shape[0]
+                columns = [
+                    pa.array(np.full(n, model_id, dtype=np.int64)),
+                    pa.array(np.full(n, index, dtype=np.int32)),
+                    pa.array(np.arange(start, start + n, dtype=np.int32)),
+                    *[pa.array(np.ascontiguousarray(chunk[:, j])) for j in range(9)],
+                    *[pa.nulls(n, pa.string()) if v is None else pa.repeat(pa.scalar(v, pa.string()), n) for v in meta],
+                    pa.array(np.full(n, depth, dtype=np.int32)),
+                    pa.array(np.full(n, depth_norm, dtype=np.float64)),
+                ]
+                yield pa.RecordBatch.from_arrays(columns, schema=FILTERS_ARROW_SCHEMA)
+            del weights
+
+
+def base_summary(entry: CatalogEntry) -> dict:
+    """The ``models`` row fields that come from the catalog alone."""
+    return {
+        "model_id": entry.model_id,
+        "name": entry.name,
+        "path": entry.path,
+        "format": entry.format,
+        **entry.known,
+        "metadata": dict(entry.extra),
+    }
+
+
+def failed_summary(entry: CatalogEntry, error: str, **fields) -> dict:
+    """A ``models`` row for a model that could not be extracted."""
+    summary = base_summary(entry)
+    summary.update(fields)
+    summary.update(status="failed", error=error.splitlines()[0][:1000] if error else "unknown error")
+    summary.setdefault("extracted_at", datetime.now(timezone.utc))
+    return summary
+
+
+def _layer_row(model_id: int, index: int, layer: ConvLayer, depth: tuple[int, float], quality) -> dict:
+    out_ch, in_ch = _channels(layer)
+    kh, kw = layer.kernel_shape
+    row = {
+        "model_id": model_id,
+        "layer_index": index,
+        "layer_name": layer.name,
+        "op": layer.op,
+        "conv_depth": depth[0],
+        "conv_depth_norm": depth[1],
+        "out_channels": out_ch,
+        "in_channels": in_ch,
+        "groups": layer.groups,
+        "kernel_h": kh,
+        "kernel_w": kw,
+        "n_filters": layer.n_kernels,
+        "dtype": str(layer.weight.dtype).replace("torch.", ""),
+    }
+    if quality is not None:
+        row.update(quality.as_dict())
+    return row
+
+
+def extract_model(
+    entry: CatalogEntry,
+    device: str | torch.device = "cpu",
+    thresholds: QualityThresholds | None = None,
+    checksum: dict | None = None,
+) -> ModelExtraction:
+    """Load one model and compute its ``models`` summary and ``layers`` rows; never raises."""
+    thresholds = thresholds or QualityThresholds()
+    started = time.perf_counter()
+    checksum = checksum or checksum_or_error(entry.path)
+    file_fields = {"checksum": checksum["checksum"], "file_size": checksum["file_size"], "device": str(device)}
+    if checksum["error"]:
+        return ModelExtraction(failed_summary(entry, checksum["error"], **file_fields))
+    try:
+        loaded = load_model(entry.path, entry.format, device=device, allow_pickle=entry.allow_pickle)
+    except LoadError as err:
+        return ModelExtraction(failed_summary(entry, str(err), **file_fields))
+    except Exception as err:  # a loader bug must not fail the job either
+        return ModelExtraction(failed_summary(entry, f"{type(err).__name__}: {err}", **file_fields))
+
+    try:
+        depths = conv_depths(loaded.layers)
+        quality_by_index = {
+            i: layer_quality(l.weight, thresholds) for i, l in enumerate(loaded.layers) if l.kernel_shape == (3, 3)
+        }
+        layer_rows = [
+            _layer_row(entry.model_id, i, layer, depths[i], quality_by_index.get(i))
+            for i, layer in enumerate(loaded.layers)
+        ]
+    except Exception as err:
+        return ModelExtraction(failed_summary(entry, f"metrics failed: {type(err).__name__}: {err}", **file_fields))
+
+    shapes = Counter()
+    for layer in loaded.layers:
+        kh, kw = layer.kernel_shape
+        shapes[f"{kh}x{kw}"] += layer.n_kernels
+    filters_3x3 = shapes.get("3x3", 0)
+    total = sum(n for shape, n in shapes.items() if shape != "1x1")
+    summary = base_summary(entry)
+    summary.update(file_fields)
+    summary.update(
+        format=loaded.format,
+        producer=loaded.producer,
+        opset=loaded.opset,
+        conv_layers=len(loaded.layers),
+        conv_levels=len({l.level for l in loaded.layers}),
+        kernel_shape_counts=dict(shapes),
+        filters_3x3=filters_3x3,
+        total_filters=total,
+        share_3x3=(filters_3x3 / total) if total else None,
+        status="ok",
+        error=None if loaded.layers else "no 2-D convolution layers",
+        extracted_at=datetime.now(timezone.utc),
+    )
+    rollup = model_quality(list(quality_by_index.values()))
+    for f in MODEL_QUALITY_FIELDS:
+        summary[f.name] = rollup.get(f.name)
+    if summary.get("worst_layer_index") is not None:
+        # model_quality indexes its input list; map back to the model's layer_index.
+        summary["worst_layer_index"] = list(quality_by_index)[summary["worst_layer_index"]]
+    summary["extraction_seconds"] = time.perf_counter() - started
+    return ModelExtraction(summary, layer_rows, loaded, depths)

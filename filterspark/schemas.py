@@ -1,0 +1,139 @@
+"""Schemas of every table filterspark writes: the public SQL contract, in one place.
+
+Each schema is a Spark ``StructType``; the Arrow schema that executors stream is
+derived from it, never written twice. Column meanings are documented in README.md.
+"""
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    BooleanType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+#: Catalog metadata columns promoted to top-level columns of ``models``.
+KNOWN_METADATA = (
+    "task",
+    "visual_category",
+    "training_dataset",
+    "pretraining_dataset",
+    "architecture",
+    "family",
+    "paper",
+    "source",
+)
+
+#: Model metadata denormalised into every ``filters`` row, for pruning and grouping.
+FILTER_METADATA = ("task", "visual_category", "training_dataset", "family")
+
+WEIGHT_COLUMNS = tuple(f"w{i}" for i in range(9))
+
+#: Layer quality columns (null for layers that are not 3x3).
+LAYER_QUALITY_FIELDS = [
+    StructField("sparsity", DoubleType()),
+    StructField("variance_entropy", DoubleType()),
+    StructField("variance_entropy_norm", DoubleType()),
+    StructField("variance_entropy_clean", DoubleType()),
+    StructField("variance_entropy_clean_norm", DoubleType()),
+    StructField("nonfinite_count", LongType()),
+    StructField("degenerate_random", BooleanType()),
+    StructField("degenerate_sparse", BooleanType()),
+    StructField("degenerate_low_variety", BooleanType()),
+]
+
+#: Per-model quality roll-up columns of ``models``.
+MODEL_QUALITY_FIELDS = [
+    StructField("layers_3x3", IntegerType()),
+    StructField("mean_variance_entropy_norm", DoubleType()),
+    StructField("min_variance_entropy_norm", DoubleType()),
+    StructField("mean_sparsity", DoubleType()),
+    StructField("max_sparsity", DoubleType()),
+    StructField("share_random", DoubleType()),
+    StructField("share_sparse", DoubleType()),
+    StructField("share_low_variety", DoubleType()),
+    StructField("share_degenerate", DoubleType()),
+    StructField("nonfinite_layers", IntegerType()),
+    StructField("worst_layer_index", IntegerType()),
+]
+
+MODELS = StructType(
+    [
+        StructField("model_id", LongType(), False),
+        StructField("name", StringType(), False),
+        StructField("path", StringType()),
+        StructField("format", StringType()),
+        StructField("checksum", StringType()),
+        StructField("file_size", LongType()),
+        *[StructField(c, StringType()) for c in KNOWN_METADATA],
+        StructField("metadata", MapType(StringType(), StringType())),
+        StructField("producer", StringType()),
+        StructField("opset", IntegerType()),
+        StructField("conv_layers", IntegerType()),
+        StructField("conv_levels", IntegerType()),
+        StructField("kernel_shape_counts", MapType(StringType(), LongType())),
+        StructField("filters_3x3", LongType()),
+        StructField("total_filters", LongType()),
+        StructField("share_3x3", DoubleType()),
+        *MODEL_QUALITY_FIELDS,
+        StructField("status", StringType()),
+        StructField("error", StringType()),
+        StructField("device", StringType()),
+        StructField("fingerprint", StringType()),
+        StructField("extracted_at", TimestampType()),
+        StructField("extraction_seconds", DoubleType()),
+    ]
+)
+
+LAYERS = StructType(
+    [
+        StructField("model_id", LongType(), False),
+        StructField("layer_index", IntegerType(), False),
+        StructField("layer_name", StringType()),
+        StructField("op", StringType()),
+        StructField("conv_depth", IntegerType()),
+        StructField("conv_depth_norm", DoubleType()),
+        StructField("out_channels", IntegerType()),
+        StructField("in_channels", IntegerType()),
+        StructField("groups", IntegerType()),
+        StructField("kernel_h", IntegerType()),
+        StructField("kernel_w", IntegerType()),
+        StructField("n_filters", LongType()),
+        StructField("dtype", StringType()),
+        *LAYER_QUALITY_FIELDS,
+    ]
+)
+
+FILTERS = StructType(
+    [
+        StructField("model_id", LongType(), False),
+        StructField("layer_index", IntegerType(), False),
+        StructField("filter_index", IntegerType(), False),
+        *[StructField(c, FloatType(), False) for c in WEIGHT_COLUMNS],
+        *[StructField(c, StringType()) for c in FILTER_METADATA],
+        StructField("conv_depth", IntegerType()),
+        StructField("conv_depth_norm", DoubleType()),
+    ]
+)
+
+#: ``filters`` is partitioned by model: one directory per model makes per-model
+#: replacement a partition overwrite, and because each file then holds one model, the
+#: per-file min/max statistics of the denormalised metadata columns let Delta skip
+#: whole files on group predicates (``WHERE task = 'denoising'``).
+FILTERS_PARTITION_COLUMNS = ("model_id",)
+
+TABLES = {"models": MODELS, "layers": LAYERS, "filters": FILTERS}
+PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS}
+
+
+def arrow_schema(schema: StructType):
+    """The Arrow schema Spark expects for ``schema`` (e.g. from ``mapInArrow``)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema)
