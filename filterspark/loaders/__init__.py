@@ -1,0 +1,94 @@
+"""Checkpoint loaders: one file in, its 2-D convolution weights out.
+
+``load_model(path)`` sniffs the format from the content and dispatches to the loader for
+PyTorch (``torch.save``), TorchScript, safetensors or ONNX files. Nothing is executed:
+pickles load weights-only unless the catalog opts in with ``allow_pickle``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .base import ConvLayer, LoadedModel, LoadError
+from .sniff import check_readable, content_format, sniff_format
+from .torch_pickle import first_line
+
+__all__ = [
+    "FORMATS", "ConvLayer", "LoadedModel", "LoadError",
+    "load_model", "normalize_format", "sniff_format",
+]
+
+FORMATS = ("pytorch", "torchscript", "safetensors", "onnx")
+_ALIASES = {
+    "pt": "pytorch", "pth": "pytorch", "torch": "pytorch", "pickle": "pytorch",
+    "jit": "torchscript", "script": "torchscript", "ts": "torchscript",
+    "st": "safetensors", "safetensor": "safetensors",
+}
+
+
+def normalize_format(fmt: str | None) -> str | None:
+    """Canonical format name for ``fmt`` (aliases, case, leading dot); None means sniff."""
+    if fmt is None or not str(fmt).strip():
+        return None
+    key = str(fmt).strip().lower().lstrip(".")
+    key = _ALIASES.get(key, key)
+    if key not in FORMATS:
+        raise LoadError(f"unsupported file format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return key
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise LoadError(f"invalid device {device!r}: {first_line(e)}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LoadError(f"device {dev} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LoadError(f"device {dev} requested but only {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def load_model(
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load the 2-D conv layers of one checkpoint; every failure raises a one-line LoadError.
+
+    ``fmt`` None/"" sniffs the content. A declared ``fmt`` is honoured unless the file's
+    magic bytes unambiguously say otherwise (e.g. a TorchScript archive catalogued as
+    ``pytorch``); the returned ``LoadedModel.format`` is the format actually read.
+    """
+    path = os.fspath(path)
+    declared = normalize_format(fmt)
+    dev = _resolve_device(device)
+    check_readable(path)
+    if declared is None:
+        chosen = sniff_format(path)
+    else:
+        chosen = content_format(path) or declared
+    try:
+        if chosen == "pytorch":
+            from .torch_pickle import load_pytorch
+
+            return load_pytorch(path, dev, allow_pickle)
+        if chosen == "torchscript":
+            from .torchscript import load_torchscript
+
+            return load_torchscript(path, dev)
+        if chosen == "safetensors":
+            from .safetensors_file import load_safetensors
+
+            return load_safetensors(path, dev)
+        from .onnx_graph import load_onnx
+
+        return load_onnx(path, dev)
+    except LoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - last-resort net: never leak a raw traceback
+        raise LoadError(f"cannot load {chosen} file: {first_line(e)}") from None
