@@ -93,10 +93,25 @@ def _preset_conf() -> dict[str, str]:
 
 
 def warehouse_uri(warehouse: str) -> str:
-    """Absolute URI for a warehouse given as a local path or a filesystem URI."""
-    if "://" in warehouse or warehouse.startswith("dbfs:"):
+    """A warehouse given as a filesystem URI is kept; a plain path is made absolute.
+
+    Plain paths stay scheme-less so Spark resolves them on its default filesystem
+    (the local disk in local mode, HDFS/DBFS on a cluster).
+    """
+    if ":" in warehouse.split("/")[0]:
         return warehouse.rstrip("/")
-    return Path(warehouse).expanduser().resolve().as_uri()
+    return str(Path(warehouse).expanduser().resolve())
+
+
+def _same_location(a: str, b: str) -> bool:
+    """Compare locations written as ``/p``, ``file:/p`` or ``file:///p``."""
+
+    def norm(loc: str) -> str:
+        if loc.startswith("file:"):
+            loc = "/" + loc[len("file:"):].lstrip("/")
+        return loc.rstrip("/")
+
+    return norm(a) == norm(b)
 
 
 def table_path(warehouse: str, database: str, table: str) -> str:
@@ -138,9 +153,9 @@ def build_session(
             if key not in preset:
                 settings[key] = value
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        # Executors must run the interpreter that has this project installed.
-        if "spark.pyspark.python" not in preset and not os.environ.get("PYSPARK_PYTHON"):
-            settings["spark.pyspark.python"] = sys.executable
+        # Local executors must run the interpreter that has this project installed
+        # (pyspark takes the workers' interpreter from PYSPARK_PYTHON, default python3).
+        os.environ.setdefault("PYSPARK_PYTHON", preset.get("spark.pyspark.python", sys.executable))
     settings.update(DELTA_SETTINGS)
     if warehouse:
         settings["spark.sql.warehouse.dir"] = warehouse_uri(warehouse)
@@ -186,11 +201,25 @@ def register_tables(spark, warehouse: str, database: str = DEFAULT_DATABASE) -> 
     spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}` LOCATION '{db_location}'")
     names = _list_table_dirs(spark, db_location)
     for name in names:
-        spark.sql(
-            f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA "
-            f"LOCATION '{db_location}/{name}'"
-        )
+        location = f"{db_location}/{name}"
+        qualified = f"`{database}`.`{name}`"
+        current = _registered_location(spark, database, name)
+        if current is not None and not _same_location(current, location):
+            # Registered for another warehouse earlier in this session: re-point it. The
+            # table is external (LOCATION), so dropping the registration keeps its data.
+            spark.sql(f"DROP TABLE {qualified}")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
     return names
+
+
+def _registered_location(spark, database: str, name: str) -> str | None:
+    """Location of ``database.name`` in this session's catalog, or None if not registered."""
+    if not spark.catalog.tableExists(f"{database}.{name}"):
+        return None
+    for row in spark.sql(f"DESCRIBE TABLE EXTENDED `{database}`.`{name}`").collect():
+        if row[0] == "Location":
+            return row[1]
+    return None
 
 
 def install_spark_defaults(spark_home: str | None = None) -> Path:

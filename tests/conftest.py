@@ -1,0 +1,62 @@
+"""Shared fixtures: ONE SparkSession per test run, one demo zoo, one extracted warehouse."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+REPO = Path(__file__).resolve().parents[1]
+
+TEST_SPARK_CONF = {
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from filterspark.session import build_session
+
+    session = build_session(app_name="filterspark-tests", master="local[2]", conf=TEST_SPARK_CONF)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_zoo(tmp_path_factory) -> Path:
+    """The demo zoo, built once per run; returns the catalog path."""
+    from filterspark.zoo import build_demo_zoo
+
+    return Path(build_demo_zoo(tmp_path_factory.mktemp("zoo")))
+
+
+@pytest.fixture(scope="session")
+def demo_warehouse(spark, demo_zoo, tmp_path_factory):
+    """A warehouse with the demo zoo extracted into it (database ``filterdb``)."""
+    from filterspark.catalog import read_catalog
+    from filterspark.extract_job import ExtractOptions, run_extraction
+
+    warehouse = str(tmp_path_factory.mktemp("warehouse"))
+    report = run_extraction(spark, read_catalog(demo_zoo), ExtractOptions(warehouse=warehouse))
+    return {"warehouse": warehouse, "database": "filterdb", "report": report, "catalog": demo_zoo}
+
+
+@pytest.fixture
+def use_warehouse(spark):
+    """Point the session's ``filterdb`` tables at a warehouse (tests share one session)."""
+    from filterspark.session import register_tables
+
+    def _use(warehouse: str, database: str = "filterdb") -> None:
+        register_tables(spark, warehouse, database)
+
+    return _use
