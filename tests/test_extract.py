@@ -1,0 +1,344 @@
+"""Extraction job: formats, exactness, idempotence, incremental runs, failure isolation."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from filterspark.catalog import CatalogError, model_id_for, read_catalog
+from filterspark.extract_job import ExtractOptions, run_extraction
+from filterspark.session import table_path
+
+FORMAT_FILES = {
+    "tiny-pt": ("state_dict.pt", "pytorch"),
+    "tiny-ckpt": ("checkpoint.pth", None),
+    "tiny-script": ("scripted.ts", "torchscript"),
+    "tiny-safetensors": ("weights.safetensors", None),
+    "tiny-onnx": ("model.onnx", "onnx"),
+}
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 12, 3, padding=1, groups=3)
+        self.c3 = nn.Conv2d(12, 12, 3, padding=1, groups=12)  # depthwise
+        self.c4 = nn.Conv2d(12, 8, 1)
+        self.c5 = nn.Conv2d(8, 4, 5, padding=2)
+
+    def forward(self, x):
+        return self.c5(self.c4(torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))))
+
+
+class NoConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Boom:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def save_every_format(model: nn.Module, folder: Path) -> None:
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, folder / "state_dict.pt")
+    torch.save({"epoch": 3, "state_dict": state, "optimizer": {"lr": 0.1}}, folder / "checkpoint.pth")
+    torch.jit.script(model).save(str(folder / "scripted.ts"))
+    save_file(state, str(folder / "weights.safetensors"))
+    torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(folder / "model.onnx"), dynamo=False, opset_version=17)
+
+
+def write_catalog(path: Path, rows: list[dict]) -> Path:
+    columns = ["name", "path", "format", "task", "visual_category", "family", "variant"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    return path
+
+
+def conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach() for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """One tiny model in every format, plus broken and unsafe files, and a catalog."""
+    folder = tmp_path_factory.mktemp("tinyzoo")
+    torch.manual_seed(7)
+    model = TinyNet().eval()
+    save_every_format(model, folder)
+    torch.save(NoConvNet().state_dict(), folder / "noconv.pt")
+    good = (folder / "state_dict.pt").read_bytes()
+    (folder / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (folder / "random.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+    marker = folder / "pwned.txt"
+    (folder / "evil.pt").write_bytes(pickle.dumps({"w": Boom(str(marker))}))
+    # ONNX whose external data points outside its own directory.
+    outside = folder / "ext"
+    outside.mkdir()
+    proto = onnx.load(str(folder / "model.onnx"))
+    onnx.save_model(proto, str(outside / "escape.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    proto = onnx.load(str(outside / "escape.onnx"), load_external_data=False)
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = "../state_dict.pt"
+    onnx.save_model(proto, str(outside / "escape.onnx"))
+
+    rows = [
+        {"name": name, "path": file, "format": fmt or "", "task": "classification",
+         "visual_category": "handwriting", "family": "tinynet", "variant": "trained"}
+        for name, (file, fmt) in FORMAT_FILES.items()
+    ]
+    bad = {
+        "missing": "does-not-exist.pt",
+        "truncated": "truncated.pt",
+        "random-bytes": "random.bin",
+        "unsafe-pickle": "evil.pt",
+        "onnx-escape": "ext/escape.onnx",
+    }
+    rows += [{"name": n, "path": p, "task": "broken", "variant": "broken"} for n, p in bad.items()]
+    rows.append({"name": "no-conv", "path": "noconv.pt", "task": "regression", "variant": "noconv"})
+    catalog = write_catalog(folder / "catalog.csv", rows)
+    return {"folder": folder, "model": model, "catalog": catalog, "marker": marker, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def extracted(spark, zoo, tmp_path_factory):
+    warehouse = str(tmp_path_factory.mktemp("wh_extract"))
+    report = run_extraction(spark, read_catalog(zoo["catalog"]), ExtractOptions(warehouse=warehouse))
+    return {"warehouse": warehouse, "report": report}
+
+
+def read_table(spark, warehouse: str, name: str):
+    return spark.read.format("delta").load(table_path(warehouse, "filterdb", name))
+
+
+def table_version(spark, warehouse: str, name: str) -> int:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, table_path(warehouse, "filterdb", name)).history(1).collect()[0].version
+
+
+# --- catalog ------------------------------------------------------------------------------------
+
+
+def test_catalog_validation(tmp_path):
+    (tmp_path / "nopath.csv").write_text("name,task\na,x\n")
+    with pytest.raises(CatalogError, match="missing required column.*path"):
+        read_catalog(tmp_path / "nopath.csv")
+    (tmp_path / "dup.csv").write_text("name,path\na,x.pt\nb,y.pt\na,z.pt\n")
+    with pytest.raises(CatalogError, match="duplicate model name 'a'"):
+        read_catalog(tmp_path / "dup.csv")
+    (tmp_path / "empty.csv").write_text("name,path\n")
+    with pytest.raises(CatalogError, match="no models"):
+        read_catalog(tmp_path / "empty.csv")
+    with pytest.raises(CatalogError, match="not found"):
+        read_catalog(tmp_path / "nothing.csv")
+
+
+def test_catalog_json_lines_keeps_extra_columns(tmp_path):
+    lines = [
+        {"name": "m1", "path": "sub/m1.pt", "task": "denoising", "lr": 0.01, "allow_pickle": True},
+        {"name": "m2", "path": "/abs/m2.onnx", "format": "onnx", "epochs": 3},
+    ]
+    (tmp_path / "cat.jsonl").write_text("\n".join(json.dumps(l) for l in lines))
+    m1, m2 = read_catalog(tmp_path / "cat.jsonl")
+    assert m1.path == str(tmp_path / "sub" / "m1.pt") and m2.path == "/abs/m2.onnx"
+    assert m1.known["task"] == "denoising" and m1.extra == {"lr": "0.01"} and m1.allow_pickle
+    assert m2.format == "onnx" and m2.extra == {"epochs": "3"} and not m2.allow_pickle
+    assert m1.model_id == model_id_for("m1") > 0
+
+
+# --- formats and exactness ------------------------------------------------------------------------
+
+
+def test_every_format_yields_exact_filters(spark, zoo, extracted):
+    weights = conv_weights(zoo["model"])
+    expected = np.concatenate([w.reshape(-1, 9).numpy() for w in weights if w.shape[2:] == (3, 3)])
+    filters = read_table(spark, extracted["warehouse"], "filters")
+    for name in FORMAT_FILES:
+        rows = (
+            filters.where(f"model_id = {model_id_for(name)}")
+            .orderBy("layer_index", "filter_index")
+            .select(*[f"w{i}" for i in range(9)])
+            .toPandas()
+            .to_numpy()
+        )
+        assert rows.shape == expected.shape, name  # 6*1 + 12*2 + 12*1 = 42 kernels
+        assert np.array_equal(rows, expected), name  # bit-exact float32
+
+
+def test_same_model_in_every_format_gives_identical_rows(spark, extracted):
+    filters = read_table(spark, extracted["warehouse"], "filters")
+    cols = ["layer_index", "filter_index", *[f"w{i}" for i in range(9)], "conv_depth", "conv_depth_norm", "task"]
+    frames = [
+        filters.where(f"model_id = {model_id_for(name)}").select(*cols).orderBy("layer_index", "filter_index").toPandas()
+        for name in FORMAT_FILES
+    ]
+    for frame in frames[1:]:
+        assert frame.equals(frames[0])
+
+
+def test_models_and_layers_rows(spark, extracted):
+    models = {r.name: r for r in read_table(spark, extracted["warehouse"], "models").collect()}
+    row = models["tiny-script"]
+    assert row.status == "ok" and row.format == "torchscript" and row.device == "cpu"
+    assert row.conv_layers == 5 and row.conv_levels == 5
+    assert row.kernel_shape_counts == {"3x3": 42, "1x1": 96, "5x5": 32}
+    assert row.filters_3x3 == 42 and row.total_filters == 74 and row.share_3x3 == pytest.approx(42 / 74)
+    assert row.metadata == {"variant": "trained"} and row.family == "tinynet"
+    assert len(row.checksum) == 64 and row.file_size > 0
+    assert models["tiny-onnx"].producer.startswith("pytorch") and models["tiny-onnx"].opset == 17
+    layers = read_table(spark, extracted["warehouse"], "layers").where(f"model_id = {model_id_for('tiny-script')}")
+    by_index = {r.layer_index: r for r in layers.collect()}
+    assert [by_index[i].groups for i in range(5)] == [1, 3, 12, 1, 1]
+    assert [by_index[i].conv_depth for i in range(5)] == [0, 1, 2, 3, 4]
+    assert by_index[4].conv_depth_norm == 1.0 and by_index[2].conv_depth_norm == 0.5
+    assert by_index[2].in_channels == 12 and by_index[2].n_filters == 12
+    assert by_index[3].sparsity is None and by_index[0].variance_entropy is not None
+
+
+# --- failure isolation -----------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_isolated_and_reported(spark, zoo, extracted):
+    report = extracted["report"]
+    assert report.ok == len(FORMAT_FILES) + 1 and report.failed == len(zoo["bad"])
+    models = {r.name: r for r in read_table(spark, extracted["warehouse"], "models").collect()}
+    reasons = {name: models[name].error for name in zoo["bad"]}
+    assert all(models[name].status == "failed" for name in zoo["bad"])
+    assert all(reason and "\n" not in reason for reason in reasons.values())
+    assert "not found" in reasons["missing"]
+    assert "allow_pickle" in reasons["unsafe-pickle"]
+    assert "outside" in reasons["onnx-escape"] or "refus" in reasons["onnx-escape"]
+    assert not zoo["marker"].exists(), "unpickling ran code"
+    failed_ids = [model_id_for(n) for n in zoo["bad"]]
+    filters = read_table(spark, extracted["warehouse"], "filters")
+    assert filters.where(f"model_id IN ({','.join(map(str, failed_ids))})").count() == 0
+    noconv = models["no-conv"]
+    assert noconv.status == "ok" and noconv.filters_3x3 == 0 and noconv.conv_layers == 0
+    assert report.filters_written == 42 * len(FORMAT_FILES)
+
+
+# --- idempotence, append, replace -------------------------------------------------------------------
+
+
+def test_rerun_append_and_replace(spark, zoo, tmp_path):
+    folder = tmp_path / "inc"
+    shutil.copytree(zoo["folder"], folder, ignore=shutil.ignore_patterns("ext", "evil.pt"))
+    names = ["tiny-pt", "tiny-onnx"]
+    rows = [{"name": n, "path": FORMAT_FILES[n][0], "task": "classification"} for n in names]
+    catalog = write_catalog(folder / "catalog.csv", rows)
+    warehouse = str(tmp_path / "wh")
+    options = ExtractOptions(warehouse=warehouse)
+
+    first = run_extraction(spark, read_catalog(catalog), options)
+    assert first.extracted == 2 and first.ok == 2
+    versions = {t: table_version(spark, warehouse, t) for t in ("models", "layers", "filters")}
+    before = read_table(spark, warehouse, "filters").toPandas().sort_values(["model_id", "layer_index", "filter_index"])
+
+    again = run_extraction(spark, read_catalog(catalog), options)
+    assert again.extracted == 0 and again.skipped == 2
+    assert {t: table_version(spark, warehouse, t) for t in versions} == versions, "re-run committed something"
+
+    # Append: one new catalog row is extracted, the others are untouched.
+    rows.append({"name": "tiny-safetensors", "path": "weights.safetensors", "task": "classification"})
+    write_catalog(catalog, rows)
+    appended = run_extraction(spark, read_catalog(catalog), options)
+    assert appended.extracted == 1 and appended.skipped == 2
+    filters = read_table(spark, warehouse, "filters")
+    assert filters.count() == 3 * 42
+    assert {t: table_version(spark, warehouse, t) for t in versions} == {t: v + 1 for t, v in versions.items()}
+
+    # Replace: a changed file (new checksum) replaces exactly that model's rows, one commit per table.
+    torch.manual_seed(99)
+    other = TinyNet()
+    torch.save(other.state_dict(), folder / "state_dict.pt")
+    versions = {t: table_version(spark, warehouse, t) for t in versions}
+    replaced = run_extraction(spark, read_catalog(catalog), options)
+    assert replaced.extracted == 1 and replaced.skipped == 2
+    assert {t: table_version(spark, warehouse, t) for t in versions} == {t: v + 1 for t, v in versions.items()}
+    filters = read_table(spark, warehouse, "filters")
+    assert filters.count() == 3 * 42
+    new_rows = (
+        filters.where(f"model_id = {model_id_for('tiny-pt')}").orderBy("layer_index", "filter_index")
+        .select(*[f"w{i}" for i in range(9)]).toPandas().to_numpy()
+    )
+    expected = np.concatenate([w.reshape(-1, 9).numpy() for w in conv_weights(other) if w.shape[2:] == (3, 3)])
+    assert np.array_equal(new_rows, expected)
+    untouched = (
+        filters.where(f"model_id = {model_id_for('tiny-onnx')}").toPandas()
+        .sort_values(["model_id", "layer_index", "filter_index"]).reset_index(drop=True)
+    )
+    old_onnx = before[before.model_id == model_id_for("tiny-onnx")].reset_index(drop=True)
+    assert untouched.equals(old_onnx)
+    models = read_table(spark, warehouse, "models")
+    assert models.count() == 3 and models.where("status = 'ok'").count() == 3
+
+
+def test_catalog_metadata_change_rewrites_denormalised_columns(spark, zoo, tmp_path):
+    rows = [{"name": "meta-model", "path": str(zoo["folder"] / "state_dict.pt"), "task": "classification"}]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    warehouse = str(tmp_path / "wh")
+    run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    rows[0]["task"] = "denoising"
+    write_catalog(catalog, rows)
+    report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    assert report.extracted == 1
+    tasks = {r.task for r in read_table(spark, warehouse, "filters").select("task").distinct().collect()}
+    assert tasks == {"denoising"}
+
+
+# --- registration and the sql command ---------------------------------------------------------------
+
+
+def test_tables_registered_by_name_and_sql_cli(spark, extracted, capsys):
+    from filterspark.cli import main
+
+    warehouse = extracted["warehouse"]
+    assert main(["sql", "--warehouse", warehouse, "--format", "json",
+                 "SELECT name, filters_3x3 FROM filterdb.models WHERE status = 'ok' ORDER BY name"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert {"name": "tiny-pt", "filters_3x3": 42} in lines and len(lines) == len(FORMAT_FILES) + 1
+    assert main(["sql", "--warehouse", warehouse, "--format", "csv",
+                 "SELECT task, count(*) AS n FROM filterdb.filters GROUP BY task"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["task,n", f"classification,{42 * len(FORMAT_FILES)}"]
+    assert main(["sql", "--warehouse", warehouse, "SELECT count(*) AS n FROM filterdb.layers"]) == 0
+    assert "(1 row)" in capsys.readouterr().out
+
+
+def test_local_defaults_match_conf_file():
+    from filterspark.session import DELTA_SETTINGS, LOCAL_DEFAULTS
+
+    conf = {}
+    for line in (Path(__file__).resolve().parents[1] / "conf" / "local.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split(None, 1)
+            conf[key] = value.strip()
+    for key, value in {**LOCAL_DEFAULTS, **DELTA_SETTINGS}.items():
+        assert conf[key] == value, key
