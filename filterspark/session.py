@@ -241,4 +241,17 @@ def install_spark_defaults(spark_home: str | None = None) -> Path:
     if added:
         lines += ["# added by `filterspark setup`: Delta Lake for spark-submit", *added]
         path.write_text("\n".join(lines) + "\n")
+    log_config = conf_dir / "log4j2.properties"
+    if not log_config.exists():
+        # spark-submit otherwise logs at INFO; keep job output readable like pyspark's.
+        log_config.write_text(
+            "# added by `filterspark setup`\n"
+            "rootLogger.level = warn\n"
+            "rootLogger.appenderRef.stdout.ref = console\n"
+            "appender.console.type = Console\n"
+            "appender.console.name = console\n"
+            "appender.console.target = SYSTEM_ERR\n"
+            "appender.console.layout.type = PatternLayout\n"
+            "appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex\n"
+        )
     return path
