@@ -342,3 +342,32 @@ def test_local_defaults_match_conf_file():
             conf[key] = value.strip()
     for key, value in {**LOCAL_DEFAULTS, **DELTA_SETTINGS}.items():
         assert conf[key] == value, key
+
+
+def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_path, monkeypatch):
+    """A job dying after writing filters but before its ``models`` commit record leaves no
+    visible model, and the next run replaces the orphaned rows instead of duplicating them."""
+    import filterspark.extract_job as extract_job
+
+    rows = [{"name": "crashy", "path": str(zoo["folder"] / "scripted.ts"), "task": "classification"}]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    warehouse = str(tmp_path / "wh")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated driver crash")
+
+    monkeypatch.setattr(extract_job, "upsert_rows", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    assert read_table(spark, warehouse, "models").count() == 0
+    ok_filters = read_table(spark, warehouse, "filters").join(
+        read_table(spark, warehouse, "models").where("status = 'ok'"), "model_id", "left_semi"
+    )
+    assert ok_filters.count() == 0  # readers that join on models see no partial model
+
+    monkeypatch.undo()
+    report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    assert report.extracted == 1 and report.ok == 1
+    filters = read_table(spark, warehouse, "filters")
+    assert filters.count() == 42
+    assert filters.select("layer_index", "filter_index").distinct().count() == 42
