@@ -78,6 +78,11 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-extract models even when unchanged")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when any model failed")
+    parser.add_argument(
+        "--max-model-bytes",
+        help="largest checkpoint file a task loads, e.g. 2g (0: no limit); larger models fail alone "
+        "(default: spark.filterspark.maxModelBytes, else derived from the executors' Python memory)",
+    )
     from .quality import QualityThresholds
 
     for name, value in vars(QualityThresholds()).items():
@@ -119,6 +124,7 @@ def run_extract(args: argparse.Namespace) -> int:
         models_per_task=args.models_per_task,
         gpus_per_task=gpus,
         force=args.force,
+        max_model_bytes=args.max_model_bytes,
     )
     report = run_extraction(spark, entries, options)
     print(f"catalog: {catalog}")

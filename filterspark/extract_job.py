@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,7 @@ from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import SparkSession
 
 from .catalog import CatalogEntry
+from .devices import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
 from .quality import QualityThresholds
 from .schemas import FILTERS, LAYERS, MODELS
 from .session import DEFAULT_DATABASE, register_tables
@@ -51,8 +53,11 @@ class ExtractOptions:
     database: str = DEFAULT_DATABASE
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     models_per_task: int = 1
-    gpus_per_task: float = 0.0  # > 0: extraction stage asks for GPUs (stage-level scheduling)
+    #: GPUs per extraction task; None: one when executors have GPUs (see devices.plan_gpus)
+    gpus_per_task: float | None = None
     force: bool = False
+    #: largest checkpoint a task loads; None: from the Spark conf (devices.max_model_bytes); 0: no limit
+    max_model_bytes: int | str | None = None
 
     def settings_json(self) -> str:
         return json.dumps({"v": EXTRACTOR_VERSION, "thresholds": asdict(self.thresholds)}, sort_keys=True)
@@ -71,6 +76,7 @@ class ExtractReport:
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     devices: dict[str, str] = field(default_factory=dict)
+    gpu_plan: str = ""
 
     def lines(self) -> list[str]:
         out = [
@@ -79,6 +85,8 @@ class ExtractReport:
             f"filters written: {self.filters_written:,}",
             f"wall time: {self.seconds:.1f} s",
         ]
+        if self.gpu_plan:
+            out.append(self.gpu_plan)
         out += [f"  failed: {name}: {reason}" for name, reason in self.failures]
         return out
 
@@ -106,13 +114,47 @@ def _checksums(spark: SparkSession, entries: list[CatalogEntry]) -> dict[str, di
 
 
 def extraction_profile(gpus_per_task: float):
-    """Stage-level resource profile asking one GPU share per extraction task (or None)."""
+    """Task-level ResourceProfile asking ``gpus_per_task`` GPUs per extraction task (or None).
+
+    Task-level (no executor requests): with dynamic allocation off, Spark 4 accepts it on
+    standalone (and local-cluster), YARN and Kubernetes and runs it on the default
+    executors; ``local[N]`` refuses it, and profiles with executor requests would need
+    dynamic allocation.
+    """
     if gpus_per_task <= 0:
         return None
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 
     requests = TaskResourceRequests().cpus(1).resource("gpu", gpus_per_task)
     return ResourceProfileBuilder().require(requests).build
+
+
+def _gpu_scheduling(spark: SparkSession, conf: dict[str, str], requested: float | None) -> tuple[GpuPlan, object]:
+    """The GPU plan and the extraction stage's profile, falling back when Spark refuses it.
+
+    The profile is registered up front (``withResources`` on an empty RDD runs no job),
+    so a cluster manager without stage-level scheduling degrades to the CPU with a
+    warning instead of failing the write.
+    """
+    plan = plan_gpus(conf, requested)
+    if plan.mode != STAGE:
+        return plan, None
+    profile = extraction_profile(plan.gpus_per_task)
+    try:
+        spark.sparkContext.emptyRDD().withResources(profile)
+    except Exception as err:  # noqa: BLE001 - Py4J wraps Spark's refusal
+        reason = next((l for l in str(err).splitlines() if "Exception:" in l), str(err).splitlines()[0])
+        log.warning(
+            "stage-level scheduling is unavailable (%s); extracting on the CPU. To give every task a GPU "
+            "instead, set spark.task.resource.gpu.amount (conf/gpu-cluster.conf)", reason.strip()
+        )
+        return GpuPlan(CPU, 0.0, "stage-level scheduling unavailable; set spark.task.resource.gpu.amount"), None
+    return plan, profile
+
+
+#: Test hook: seconds each extraction task sleeps before every model (set through
+#: ``spark.executorEnv.FILTERSPARK_TEST_TASK_DELAY_S``), so tests can act mid-stage.
+TEST_DELAY_ENV = "FILTERSPARK_TEST_TASK_DELAY_S"
 
 
 def _make_task(accumulator, thresholds: QualityThresholds):
@@ -122,15 +164,17 @@ def _make_task(accumulator, thresholds: QualityThresholds):
         from .devices import task_device
         from .extraction import extract_model
 
-        device, warning = task_device()
+        device, note = task_device()
+        delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
         for batch in batches:
             for payload in batch.column(0).to_pylist():
                 job = json.loads(payload)
                 entry = CatalogEntry.from_dict(job["entry"])
+                if delay:
+                    time.sleep(delay)
                 result = extract_model(entry, device=device, thresholds=thresholds, checksum=job["checksum"])
                 result.summary["fingerprint"] = job["fingerprint"]
-                if warning and result.summary.get("status") == "ok":
-                    result.summary["error"] = warning
+                result.summary["device_note"] = note
                 yield from result.filter_batches()
                 accumulator.add([(result.summary, result.layers)])
                 result.loaded = None  # free the weights before the next model
@@ -157,16 +201,34 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
         report.seconds = time.perf_counter() - started
         return report
 
+    conf = dict(spark.sparkContext.getConf().getAll())
+    plan, profile = _gpu_scheduling(spark, conf, options.gpus_per_task)
+    report.gpu_plan = plan.line()
+    log.info(report.gpu_plan)
+    # A checkpoint the executors cannot hold fails alone, before any task loads it. Its
+    # row keeps no fingerprint, so the next run (with more memory) tries it again.
+    limit, limit_source = max_model_bytes(conf, options.max_model_bytes)
+    results: dict[int, tuple[dict, list[dict]]] = {}
+    runnable = []
+    for entry, fp in todo:
+        reason = too_large_reason(checks[entry.name]["file_size"], limit, limit_source)
+        if reason:
+            from .extraction import failed_summary  # torch: imported only when needed
+
+            file_fields = {k: checks[entry.name][k] for k in ("checksum", "file_size")}
+            results[entry.model_id] = (failed_summary(entry, reason, **file_fields), [])
+        else:
+            runnable.append((entry, fp))
+
     # Largest files first, so one big model does not start last and stretch the stage.
-    todo.sort(key=lambda t: -(checks[t[0].name]["file_size"] or 0))
+    runnable.sort(key=lambda t: -(checks[t[0].name]["file_size"] or 0))
     payloads = [
-        (json.dumps({"entry": e.to_dict(), "fingerprint": fp, "checksum": checks[e.name]}),) for e, fp in todo
+        (json.dumps({"entry": e.to_dict(), "fingerprint": fp, "checksum": checks[e.name]}),) for e, fp in runnable
     ]
     slices = max(1, math.ceil(len(payloads) / max(1, options.models_per_task)))
     sc = spark.sparkContext
     accumulator = sc.accumulator([], ListAccumulator())
     jobs = spark.createDataFrame(sc.parallelize(payloads, slices), "job string")
-    profile = extraction_profile(options.gpus_per_task)
     task = _make_task(accumulator, options.thresholds)
     filters = jobs.mapInArrow(task, FILTERS, profile=profile) if profile else jobs.mapInArrow(task, FILTERS)
 
@@ -176,7 +238,6 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     replace_rows(filters, paths["filters"], predicate, "write filters")
 
     # A retried write (conflict or lost executor) re-runs tasks: keep one result per model.
-    results: dict[int, tuple[dict, list[dict]]] = {}
     for summary, layers in accumulator.value:
         results[summary["model_id"]] = (summary, layers)
     missing = [e for e, _ in todo if e.model_id not in results]

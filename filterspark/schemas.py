@@ -85,6 +85,7 @@ MODELS = StructType(
         StructField("status", StringType()),
         StructField("error", StringType()),
         StructField("device", StringType()),
+        StructField("device_note", StringType()),  # why a GPU-assigned task ran elsewhere
         StructField("fingerprint", StringType()),
         StructField("extracted_at", TimestampType()),
         StructField("extraction_seconds", DoubleType()),

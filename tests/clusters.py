@@ -1,0 +1,238 @@
+"""Start real multi-process Spark applications from tests: spark-submit, a standalone cluster.
+
+Everything runs as subprocesses in their own process groups (the test run's own
+SparkSession is never touched), with a timeout on every wait, and is killed — the whole
+group — when the test ends, whatever happened. Logs go to files the tests can read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def spark_bin(name: str) -> str:
+    """``spark-submit``/``spark-class`` of the installed pyspark (the venv's bin/)."""
+    candidate = VENV_BIN / name
+    return str(candidate) if candidate.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spark_env(conf_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a Spark subprocess: loopback only, this interpreter on both sides,
+    and an empty ``SPARK_CONF_DIR`` so no spark-defaults.conf of the machine leaks in."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_LOCAL_HOSTNAME="localhost",
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+        SPARK_CONF_DIR=str(conf_dir),
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    env.pop("PYSPARK_GATEWAY_SECRET", None)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Proc:
+    """A subprocess in its own process group, output in ``log``."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait(self, timeout: float) -> int:
+        """Exit code; on timeout the group is killed and TimeoutError raised."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            tail = self.text()[-3000:]
+            raise TimeoutError(f"{self.name} still running after {timeout:.0f} s; log tail:\n{tail}") from None
+
+    def stop(self) -> None:
+        """SIGTERM the whole group, SIGKILL what is left after a few seconds."""
+        if self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(self.popen.pid, signal.SIGKILL)  # children that outlived their leader
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def start(name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path = REPO) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log, "wb")
+    popen = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
+    )
+    handle.close()
+    return Proc(name, popen, log)
+
+
+class ProcGroup:
+    """Every process a test starts; ``stop_all`` in ``finally``/fixture teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def start(self, *args, **kwargs) -> Proc:
+        proc = start(*args, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def submit_cmd(master: str, app: str | Path, app_args: list[str], conf: dict[str, str], properties_file: Path | None = None) -> list[str]:
+    """A ``spark-submit`` command line with Delta's package and the given settings."""
+    from filterspark.session import delta_maven_coordinate
+
+    cmd = [spark_bin("spark-submit"), "--master", master, "--packages", delta_maven_coordinate()]
+    if properties_file:
+        cmd += ["--properties-file", str(properties_file)]
+    defaults = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.shuffle.partitions": "2",
+        "spark.databricks.delta.snapshotPartitions": "1",
+        "spark.driver.memory": "768m",
+    }
+    for key, value in {**defaults, **conf}.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return cmd + [str(app), *app_args]
+
+
+def http_json(url: str, timeout: float = 5.0):
+    """GET a JSON document, or None when the server is not (yet) answering."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def write_fake_nvidia_smi(directory: Path, indices: list[int]) -> Path:
+    """A fake ``nvidia-smi`` answering ``--query-gpu=index`` with ``indices``, for the real
+    discovery script ``conf/getGpusResources.sh`` on a machine without GPUs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "nvidia-smi"
+    lines = "\\n".join(str(i) for i in indices)
+    script.write_text(f'#!/bin/sh\nprintf "{lines}\\n"\n')
+    script.chmod(0o755)
+    return directory
+
+
+class StandaloneCluster:
+    """A standalone Master and workers on 127.0.0.1, started through ``spark-class``.
+
+    ``workers``: one dict of extra environment per worker (e.g. a PATH with a fake
+    nvidia-smi), with the worker's cores/memory/properties file.
+    """
+
+    def __init__(self, root: Path, workers: list[dict], conf_dir: Path) -> None:
+        self.root = root
+        self.worker_specs = workers
+        self.conf_dir = conf_dir
+        self.port = free_port()
+        self.ui_port = free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.procs = ProcGroup()
+        self.started_in = 0.0
+
+    def start(self, timeout: float = 240) -> "StandaloneCluster":
+        t0 = time.monotonic()
+        env = spark_env(self.conf_dir, SPARK_DAEMON_MEMORY="384m")
+        master = [spark_bin("spark-class"), "org.apache.spark.deploy.master.Master",
+                  "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.ui_port)]
+        self.procs.start("master", master, self.root / "master.log", env)
+        for i, spec in enumerate(self.worker_specs):
+            work = self.root / f"worker{i}"
+            work.mkdir(parents=True, exist_ok=True)
+            cmd = [spark_bin("spark-class"), "org.apache.spark.deploy.worker.Worker", self.url,
+                   "--host", "127.0.0.1", "--webui-port", str(free_port()), "--work-dir", str(work),
+                   "--cores", str(spec.get("cores", 1)), "--memory", spec.get("memory", "1g")]
+            if spec.get("properties_file"):
+                cmd += ["--properties-file", str(spec["properties_file"])]
+            wenv = spark_env(self.conf_dir, SPARK_DAEMON_MEMORY="384m", **spec.get("env", {}))
+            self.procs.start(f"worker{i}", cmd, self.root / f"worker{i}.log", wenv)
+        wait_for(lambda: self.alive_workers() >= len(self.worker_specs), timeout, "standalone workers to register")
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def state(self) -> dict | None:
+        return http_json(f"http://127.0.0.1:{self.ui_port}/json/")
+
+    def alive_workers(self) -> int:
+        state = self.state() or {}
+        self._raise_if_dead()
+        return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+    def _raise_if_dead(self) -> None:
+        for proc in self.procs.procs:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+
+
+def executor_pids(app_id: str) -> dict[str, int]:
+    """Executor id -> PID of the executor JVMs of one application (from ``ps``)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=30).stdout
+    pids = {}
+    for line in out.splitlines():
+        if "CoarseGrainedExecutorBackend" in line and app_id in line:
+            match = re.search(r"--executor-id\s+(\S+)", line)
+            if match:
+                pids[match.group(1)] = int(line.split(None, 1)[0])
+    return pids
