@@ -134,6 +134,54 @@ def run_extract(args: argparse.Namespace) -> int:
     return 1 if (args.strict and report.failed) else 0
 
 
+# --- analyze -------------------------------------------------------------------------------
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    from .analyze_job import DEFAULT_BY
+    from .shifts import N_BINS
+
+    _add_common(parser)
+    parser.add_argument(
+        "--by",
+        help="comma-separated dimensions: depth_decile, columns of models, keys of models.metadata "
+        f"(default: those of {','.join(DEFAULT_BY)} that exist)",
+    )
+    parser.add_argument("--bins", type=int, default=N_BINS, help=f"histogram bins (default {N_BINS})")
+    parser.add_argument("--where", help="SQL predicate over filter and model columns; scopes the basis and all results")
+    parser.add_argument("--write-coefficients", action="store_true", help="also store every filter's coefficients")
+    parser.add_argument(
+        "--min-group-filters", type=int, default=None, help="groups with fewer filters are marked small (default 10 per bin)"
+    )
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """The analysis job (``spark-submit jobs/analyze.py``)."""
+    from .analyze_job import AnalyzeError, AnalyzeOptions, run_analysis
+    from .session import build_session
+
+    by = tuple(d.strip() for d in args.by.split(",") if d.strip()) if args.by else None
+    options = AnalyzeOptions(
+        warehouse=args.warehouse,
+        database=args.database,
+        by=by,
+        bins=args.bins,
+        where=args.where,
+        write_coefficients=args.write_coefficients,
+        min_group_filters=args.min_group_filters,
+    )
+    spark = build_session(app_name="filterspark-analyze", warehouse=args.warehouse, database=args.database)
+    try:
+        report = run_analysis(spark, options)
+    except AnalyzeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in report.lines():
+        print(line)
+    print(f"tables: {', '.join(f'{args.database}.{t}' for t in report.tables)} (views: <table>_latest)")
+    return 0
+
+
 # --- sql -------------------------------------------------------------------------------------
 
 
@@ -195,6 +243,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "setup": ("configure spark-submit for Delta Lake and fetch its JARs", add_setup_arguments, run_setup),
     "demo-zoo": ("train the demo zoo of tiny CNNs and write its catalog", add_demo_zoo_arguments, run_demo_zoo),
     "extract": ("extract a model catalog into Delta tables", add_extract_arguments, run_extract),
+    "analyze": ("PCA, grouped coefficient histograms and shift matrices as tables", add_analyze_arguments, run_analyze),
     "sql": ("run a SQL query against the warehouse", add_sql_arguments, run_sql),
 }
 

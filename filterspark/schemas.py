@@ -6,6 +6,7 @@ derived from it, never written twice. Column meanings are documented in README.m
 from __future__ import annotations
 
 from pyspark.sql.types import (
+    ArrayType,
     BooleanType,
     DoubleType,
     FloatType,
@@ -138,3 +139,149 @@ def arrow_schema(schema: StructType):
     from pyspark.sql.pandas.types import to_arrow_schema
 
     return to_arrow_schema(schema)
+
+
+# ==========================================================================================
+# Analysis tables (issue 4: jobs/analyze.py). Every row carries its run: ``run_id``
+# (sortable: start time + random suffix), ``scope`` (the ``--where`` predicate, or
+# ``all``) and ``run_at`` (start time). ``analysis_runs`` is written last: a run is
+# visible to the ``<table>_latest`` views only once all its tables are written.
+# ==========================================================================================
+
+RUN_FIELDS = [
+    StructField("run_id", StringType(), False),
+    StructField("scope", StringType(), False),
+    StructField("run_at", TimestampType(), False),
+]
+
+#: One row per analysis run: its settings, size and results in brief (the commit record).
+ANALYSIS_RUNS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("finished_at", TimestampType()),
+        StructField("seconds", DoubleType()),
+        StructField("dimensions", ArrayType(StringType())),
+        StructField("bins", IntegerType()),
+        StructField("min_group_filters", LongType()),
+        StructField("n_filters", LongType()),
+        StructField("n_models", LongType()),
+        StructField("range_lo", DoubleType()),
+        StructField("range_hi", DoubleType()),
+        StructField("explained_variance_ratio", ArrayType(DoubleType())),
+        StructField("write_coefficients", BooleanType()),
+    ]
+)
+
+#: One row per principal component of the scope's scaled filters.
+PCA_BASIS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("component", IntegerType(), False),
+        *[StructField(f"v{i}", DoubleType()) for i in range(9)],
+        StructField("mean", ArrayType(DoubleType())),
+        StructField("explained_variance", DoubleType()),
+        StructField("explained_variance_ratio", DoubleType()),
+        StructField("n_filters", LongType()),
+    ]
+)
+
+_GROUP_FIELDS = [
+    StructField("dimension", StringType(), False),
+    StructField("group_value", StringType(), False),
+]
+
+#: One row per (dimension, group, component, bin): the published normalised histogram.
+COEFFICIENT_HISTOGRAMS = StructType(
+    [
+        *RUN_FIELDS,
+        *_GROUP_FIELDS,
+        StructField("component", IntegerType(), False),
+        StructField("bin", IntegerType(), False),
+        StructField("bin_lo", DoubleType()),
+        StructField("bin_hi", DoubleType()),
+        StructField("count", LongType()),
+        StructField("probability", DoubleType()),
+        StructField("n_filters", LongType()),
+        StructField("small_group", BooleanType()),
+    ]
+)
+
+#: One row per (dimension, group, component): summary statistics of the coefficients.
+COEFFICIENT_STATS = StructType(
+    [
+        *RUN_FIELDS,
+        *_GROUP_FIELDS,
+        StructField("component", IntegerType(), False),
+        StructField("n_filters", LongType()),
+        StructField("mean", DoubleType()),
+        StructField("std", DoubleType()),
+        StructField("min", DoubleType()),
+        StructField("max", DoubleType()),
+        *[StructField(q, DoubleType()) for q in ("q01", "q05", "q25", "median", "q75", "q95", "q99")],
+        StructField("small_group", BooleanType()),
+    ]
+)
+
+#: One row per ordered pair of groups of a dimension (both orders, equal values).
+SHIFTS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("dimension", StringType(), False),
+        StructField("group_a", StringType(), False),
+        StructField("group_b", StringType(), False),
+        StructField("shift", DoubleType()),
+        StructField("kl_components", ArrayType(DoubleType())),
+        StructField("n_a", LongType()),
+        StructField("n_b", LongType()),
+        StructField("small", BooleanType()),
+    ]
+)
+
+#: One row per (model, dimension): the model against the rest of its group
+#: (dimension ``all``: the rest of the population).
+MODEL_SHIFTS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("model_id", LongType(), False),
+        StructField("name", StringType()),
+        *_GROUP_FIELDS,
+        StructField("shift", DoubleType()),
+        StructField("kl_components", ArrayType(DoubleType())),
+        StructField("n_filters", LongType()),
+        StructField("n_rest", LongType()),
+        StructField("small", BooleanType()),
+    ]
+)
+
+#: Optional (``--write-coefficients``): one row per analysed filter.
+COEFFICIENTS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("model_id", LongType(), False),
+        StructField("layer_index", IntegerType(), False),
+        StructField("filter_index", IntegerType(), False),
+        *[StructField(f"c{i}", DoubleType()) for i in range(9)],
+    ]
+)
+
+ANALYSIS_TABLES = {
+    "pca_basis": PCA_BASIS,
+    "coefficient_histograms": COEFFICIENT_HISTOGRAMS,
+    "coefficient_stats": COEFFICIENT_STATS,
+    "shifts": SHIFTS,
+    "model_shifts": MODEL_SHIFTS,
+    "coefficients": COEFFICIENTS,
+    "analysis_runs": ANALYSIS_RUNS,
+}
+
+#: ``<table>_latest``: the rows of the latest complete run of each scope. Registered by
+#: ``session.register_tables`` (views are session-scoped without a metastore) whenever
+#: the tables they read exist. ``{db}`` is the database.
+VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    f"{name}_latest": (
+        f"SELECT t.* FROM `{{db}}`.`{name}` t WHERE t.run_id IN "
+        f"(SELECT max(run_id) FROM `{{db}}`.`analysis_runs` GROUP BY scope)",
+        (name, "analysis_runs"),
+    )
+    for name in ANALYSIS_TABLES
+}

@@ -209,7 +209,18 @@ def register_tables(spark, warehouse: str, database: str = DEFAULT_DATABASE) -> 
             # table is external (LOCATION), so dropping the registration keeps its data.
             spark.sql(f"DROP TABLE {qualified}")
         spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
+    _register_views(spark, database, names)
     return names
+
+
+def _register_views(spark, database: str, tables: list[str]) -> None:
+    """Create the views of ``schemas.VIEWS`` whose tables exist (views are session-scoped
+    without a metastore, so every session defines them again; a no-op change with one)."""
+    from .schemas import VIEWS
+
+    for view, (query, needs) in VIEWS.items():
+        if all(t in tables for t in needs):
+            spark.sql(f"CREATE OR REPLACE VIEW `{database}`.`{view}` AS {query.format(db=database)}")
 
 
 def _registered_location(spark, database: str, name: str) -> str | None:

@@ -1,0 +1,528 @@
+"""Spark orchestration of the analysis: ``filters`` → PCA basis, grouped histograms, shifts.
+
+Only aggregates reach the driver; the scans are:
+
+0. a provisional reference point (the mean of a few thousand scaled filters, as one SQL
+   aggregate over a ``LIMIT``), so the moments below do not cancel;
+1. one Spark SQL aggregate of the 9 sums and 45 cross-products of the scaled filters
+   (float64) → :func:`pca.pca_from_moments` on the driver;
+2. ``mapInArrow``: per batch, the min/max coefficient → the shared histogram range;
+3. ``mapInArrow``: per task, a :class:`coefficients.PartitionAccumulator` for all
+   dimensions at once (plus the whole scope and each model), emitted as additive rows
+   that Spark sums per key; the driver assembles the groups and computes histograms,
+   stats and shift matrices with :mod:`shifts`.
+
+Each table gets one Delta commit per run (``replaceWhere run_id = …``); ``analysis_runs``
+is written last, so the ``<table>_latest`` views only ever show complete runs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DataType, DoubleType, IntegerType, LongType, MapType, StringType, StructField, StructType
+
+from . import coefficients as co
+from .pca import N_WEIGHTS, PCABasis, FilterMoments, pca_from_moments, project, provisional_reference, scale_filters, upper_triangle_pairs
+from .schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
+from .session import DEFAULT_DATABASE, register_tables, table_path
+from .shifts import N_BINS, batch_range, bin_edges, combine_ranges, normalised_histogram, shift_matrix
+from .tables import ensure_table, replace_rows, rows_frame
+
+#: ``--by`` default: those of these that exist (``variant`` is a metadata key of the demo zoo).
+DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_decile", "variant")
+DEPTH_DIMENSION = "depth_decile"
+ALL = "all"  # the dimension (and group) of the whole scope
+_MODEL = "__model__"  # internal dimension: one group per model (for model_shifts)
+REF_SAMPLE = 4096  # filters averaged for the provisional reference
+
+_PARTIAL_SCHEMA = StructType(
+    [
+        StructField("kind", IntegerType()),
+        StructField("dim", IntegerType()),
+        StructField("grp", StringType()),
+        StructField("component", IntegerType()),
+        StructField("bin", IntegerType()),
+        StructField("count", LongType()),
+        StructField("value", DoubleType()),
+    ]
+)
+
+
+class AnalyzeError(ValueError):
+    """A problem with the request or the input tables (reported, exit status 2)."""
+
+
+@dataclass
+class AnalyzeOptions:
+    """Settings of one analysis run."""
+
+    warehouse: str
+    database: str = DEFAULT_DATABASE
+    by: tuple[str, ...] | None = None  # None: the DEFAULT_BY dimensions that exist
+    bins: int = N_BINS
+    where: str | None = None  # SQL predicate over filter + model columns
+    write_coefficients: bool = False
+    min_group_filters: int | None = None  # None: 10 per bin (700 for 70 bins)
+
+    @property
+    def scope(self) -> str:
+        return self.where.strip() if self.where and self.where.strip() else ALL
+
+    @property
+    def min_filters(self) -> int:
+        if self.min_group_filters is not None:
+            return int(self.min_group_filters)
+        return co.default_min_group_filters(self.bins)
+
+
+@dataclass
+class AnalyzeReport:
+    """What one run found, for the console summary, the closing note and tests."""
+
+    run_id: str = ""
+    scope: str = ALL
+    n_filters: int = 0
+    n_models: int = 0
+    basis: PCABasis | None = None
+    range: tuple[float, float] = (0.0, 0.0)
+    dimensions: list[str] = field(default_factory=list)
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
+    extremes: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)  # (a, b, shift) largest, smallest
+    min_group_filters: int = 0
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        evr = ", ".join(f"{v:.4f}" for v in self.basis.explained_variance_ratio) if self.basis else ""
+        out = [
+            f"run {self.run_id}  scope: {self.scope}",
+            f"filters: {self.n_filters:,} from {self.n_models} models",
+            f"explained-variance ratios: {evr}",
+            f"coefficient range: [{self.range[0]:.6g}, {self.range[1]:.6g}]",
+        ]
+        for dim in self.dimensions:
+            groups = self.groups.get(dim, {})
+            n_small = sum(1 for n in groups.values() if n < self.min_group_filters)
+            line = f"  {dim}: {len(groups)} groups ({n_small} small)"
+            if dim in self.extremes:
+                (a1, b1, s1), (a2, b2, s2) = self.extremes[dim]
+                line += f"; largest shift {s1:.4f} ({a1} vs {b1}); smallest {s2:.4f} ({a2} vs {b2})"
+            out.append(line)
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items())
+        out.append(f"wall time: {self.seconds:.1f} s ({phases})")
+        return out
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def _depth_decile(column: str = "conv_depth_norm") -> Column:
+    expr = F.when(F.col(column).isNull() | F.isnan(column), F.lit(co.NONE_LABEL))
+    for edge, label in zip(co.DEPTH_EDGES, co.DEPTH_DECILES):
+        expr = expr.when(F.col(column) <= F.lit(float(edge)), F.lit(label))
+    return expr.otherwise(F.lit(co.DEPTH_DECILES[-1]))
+
+
+def _label(value: Column) -> Column:
+    """A group label: the value as a string, NULL and '' → ``(none)``."""
+    text = value.cast("string")
+    return F.when(text.isNull() | (text == ""), F.lit(co.NONE_LABEL)).otherwise(text)
+
+
+def _is_scalar(dtype: DataType) -> bool:
+    return not isinstance(dtype, (ArrayType, MapType, StructType))
+
+
+def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[str, Column]:
+    """Label expression of each requested dimension (over the joined filter+model rows).
+
+    A dimension is ``depth_decile``, a scalar column of ``models`` or a key of
+    ``models.metadata`` (a column wins over a key of the same name).
+    """
+    columns = {f.name for f in models.schema.fields if _is_scalar(f.dataType)} - {"model_id"}
+    keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
+    wanted = list(by) if by else [d for d in DEFAULT_BY if d == DEPTH_DIMENSION or d in columns or d in keys]
+    out: dict[str, Column] = {}
+    for dim in wanted:
+        if dim in (ALL, _MODEL):
+            raise AnalyzeError(f"'{dim}' is reserved and cannot be a dimension")
+        if dim == DEPTH_DIMENSION:
+            out[dim] = F.col(DEPTH_DIMENSION)
+        elif dim in columns:
+            out[dim] = _label(F.col(dim))
+        elif dim in keys:
+            out[dim] = _label(F.col("metadata").getItem(dim))
+        else:
+            raise AnalyzeError(
+                f"unknown dimension '{dim}': use depth_decile, a column of models "
+                f"({', '.join(sorted(columns))}) or a metadata key ({', '.join(sorted(keys)) or 'none'})"
+            )
+    return out
+
+
+def _scaled_columns() -> list[Column]:
+    """The scaled filter in SQL: each weight / the filter's max |w| (all-zero rows as is)."""
+    w = [F.col(c).cast("double") for c in WEIGHT_COLUMNS]
+    peak = F.greatest(*[F.abs(x) for x in w])
+    return [F.when(peak > 0, x / peak).otherwise(x) for x in w]
+
+
+def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFrame, DataFrame]:
+    """(filters of ``ok`` models joined with their model row and ``depth_decile``, after
+    ``--where``; the ``ok`` models). Filters with a non-finite weight are left out."""
+    from delta.tables import DeltaTable
+
+    paths = {t: table_path(options.warehouse, options.database, t) for t in ("filters", "models")}
+    for name, path in paths.items():
+        if not DeltaTable.isDeltaTable(spark, path):
+            raise AnalyzeError(f"no {name} table at {path}: run the extraction first")
+    models = spark.read.format("delta").load(paths["models"]).where(F.col("status") == "ok")
+    filters = spark.read.format("delta").load(paths["filters"]).select(
+        "model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, "conv_depth", "conv_depth_norm"
+    )
+    joined = filters.join(F.broadcast(models), "model_id").withColumn(DEPTH_DIMENSION, _depth_decile())
+    peak = F.greatest(*[F.abs(F.col(c).cast("double")) for c in WEIGHT_COLUMNS])
+    joined = joined.where(~F.isnan(peak) & (peak < F.lit(float("inf"))))
+    if options.where and options.where.strip():
+        try:
+            joined = joined.where(F.expr(options.where))
+            joined.schema  # resolve now: a bad predicate is the user's error
+        except Exception as err:  # noqa: BLE001 - AnalysisException / ParseException
+            raise AnalyzeError(f"bad --where predicate {options.where!r}: {str(err).splitlines()[0]}") from err
+    return joined, models
+
+
+# --- the scans -----------------------------------------------------------------------------
+
+
+def _weights(batch) -> np.ndarray:
+    return np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in WEIGHT_COLUMNS]).astype(np.float64)
+
+
+def _range_task(basis: PCABasis):
+    def task(batches):
+        import pyarrow as pa
+
+        lo, hi = float("inf"), float("-inf")
+        for batch in batches:
+            if batch.num_rows:
+                b_lo, b_hi = batch_range(project(scale_filters(_weights(batch)), basis))
+                lo, hi = min(lo, b_lo), max(hi, b_hi)
+        yield pa.RecordBatch.from_arrays([pa.array([lo]), pa.array([hi])], names=["lo", "hi"])
+
+    return task
+
+
+def _partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.ndarray, n_dims: int):
+    """mapInArrow function: label columns ``_g0..`` (dims, then all, then the model id)."""
+    full = frozenset(range(n_dims + 1))  # user dims and "all"; not the per-model one
+
+    def task(batches):
+        import pyarrow as pa
+
+        acc = co.PartitionAccumulator(lo, hi, bins, ref, full)
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            scaled = scale_filters(_weights(batch))
+            labels = []
+            for d in range(n_dims + 2):
+                enc = batch.column(f"_g{d}").dictionary_encode()
+                labels.append((enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()))
+            acc.add(scaled, project(scaled, basis), labels)
+        cols = acc.columns()
+        schema = arrow_schema(_PARTIAL_SCHEMA)
+        yield pa.RecordBatch.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
+
+    return task
+
+
+def _coefficient_task(basis: PCABasis):
+    """mapInArrow function: filter keys + weights → keys + coefficients ``c0..c8``."""
+    from .schemas import COEFFICIENTS
+
+    def task(batches):
+        import pyarrow as pa
+
+        schema = arrow_schema(_without_run(COEFFICIENTS))
+        for batch in batches:
+            c = project(scale_filters(_weights(batch)), basis)
+            keys = [batch.column(k) for k in ("model_id", "layer_index", "filter_index")]
+            yield pa.RecordBatch.from_arrays([*keys, *[pa.array(c[:, i]) for i in range(N_WEIGHTS)]], schema=schema)
+
+    return task
+
+
+def _moments(scoped: DataFrame, spark: SparkSession) -> tuple[FilterMoments, np.ndarray]:
+    """Scans 0 and 1: provisional reference, then the 9 sums and 45 products about it."""
+    s = _scaled_columns()
+    spark.sparkContext.setJobDescription("filterspark analyze: reference point")
+    sample = scoped.limit(REF_SAMPLE).agg(F.count(F.lit(1)), *[F.avg(x) for x in s]).first()
+    if not sample[0]:
+        raise AnalyzeError("no filters in scope (no ok models, or --where matches nothing)")
+    ref = provisional_reference(np.array([sample[1:]], dtype=np.float64))
+    d = [x - F.lit(float(r)) for x, r in zip(s, ref)]
+    aggs = [F.count(F.lit(1))] + [F.sum(x) for x in d] + [F.sum(d[i] * d[j]) for i, j in upper_triangle_pairs()]
+    spark.sparkContext.setJobDescription("filterspark analyze: moments (9 sums, 45 products)")
+    row = scoped.agg(*aggs).first()
+    m = FilterMoments.from_flat(row[0], row[1:10], row[10:], ref)
+    if m.n < 2:
+        raise AnalyzeError(f"PCA needs at least 2 filters in scope, found {m.n}")
+    return m, ref
+
+
+def _summed_partials(frame: DataFrame) -> dict[str, np.ndarray]:
+    keys = ["kind", "dim", "grp", "component", "bin"]
+    summed = frame.groupBy(*keys).agg(
+        F.sum("count").alias("count"), F.sum("value").alias("total"),
+        F.min("value").alias("vmin"), F.max("value").alias("vmax"),
+    )
+    table = summed.toArrow()
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+# --- driver-side results --------------------------------------------------------------------
+
+
+_RUN_COLUMNS = ("run_id", "scope", "run_at")
+
+
+def _run_fields(run: dict) -> dict:
+    return {k: run[k] for k in _RUN_COLUMNS}
+
+
+def _without_run(schema: StructType) -> StructType:
+    return StructType([f for f in schema.fields if f.name not in _RUN_COLUMNS])
+
+
+def _with_run(df: DataFrame, run: dict, schema: StructType) -> DataFrame:
+    """``df`` (the non-run columns of ``schema``) with the run's columns, in ``schema`` order."""
+    lits = {"run_id": F.lit(run["run_id"]), "scope": F.lit(run["scope"]), "run_at": F.lit(run["run_at"]).cast("timestamp")}
+    return df.select(*[lits[f.name].alias(f.name) if f.name in lits else F.col(f.name) for f in schema.fields])
+
+
+def _basis_rows(run: dict, basis: PCABasis) -> list[dict]:
+    return [
+        {
+            **_run_fields(run), "component": k,
+            **{f"v{i}": float(basis.components[k, i]) for i in range(N_WEIGHTS)},
+            "mean": [float(v) for v in basis.mean],
+            "explained_variance": float(basis.explained_variance[k]),
+            "explained_variance_ratio": float(basis.explained_variance_ratio[k]),
+            "n_filters": basis.n_filters,
+        }
+        for k in range(N_WEIGHTS)
+    ]
+
+
+def _histogram_table(groups: dict, names: list[str], lo: float, hi: float, bins: int, small: int):
+    """Arrow table of coefficient_histograms' non-run columns (one row per dimension,
+    group, component and bin)."""
+    import pyarrow as pa
+
+    from .schemas import COEFFICIENT_HISTOGRAMS
+
+    edges = bin_edges(lo, hi, bins)
+    m = N_WEIGHTS * bins
+    cols: dict[str, list] = {f.name: [] for f in _without_run(COEFFICIENT_HISTOGRAMS).fields}
+    for (dim, label), g in sorted(groups.items()):
+        cols["dimension"].append(np.full(m, names[dim], object))
+        cols["group_value"].append(np.full(m, label, object))
+        cols["component"].append(np.repeat(np.arange(N_WEIGHTS, dtype=np.int32), bins))
+        cols["bin"].append(np.tile(np.arange(bins, dtype=np.int32), N_WEIGHTS))
+        cols["bin_lo"].append(np.tile(edges[:-1], N_WEIGHTS))
+        cols["bin_hi"].append(np.tile(edges[1:], N_WEIGHTS))
+        cols["count"].append(g.hist.reshape(-1))
+        cols["probability"].append(normalised_histogram(g.hist, lo, hi).reshape(-1))
+        cols["n_filters"].append(np.full(m, g.n, np.int64))
+        cols["small_group"].append(np.full(m, g.n < small))
+    schema = arrow_schema(_without_run(COEFFICIENT_HISTOGRAMS))
+    return pa.Table.from_arrays([pa.array(np.concatenate(cols[f.name]), type=f.type) for f in schema], schema=schema)
+
+
+def _stats_rows(run: dict, groups: dict, names: list[str], basis: PCABasis, lo: float, hi: float, small: int):
+    rows = []
+    for (dim, label), g in sorted(groups.items()):
+        stats = co.group_stats(g, basis, lo, hi)
+        for k in range(N_WEIGHTS):
+            row = {**_run_fields(run), "dimension": names[dim], "group_value": label, "component": k,
+                   "small_group": g.n < small}
+            for name, values in stats.items():
+                v = values[k]
+                row[name] = int(v) if name == "n_filters" else (None if not np.isfinite(v) else float(v))
+            rows.append(row)
+    return rows
+
+
+def _shift_rows(run: dict, groups: dict, names: list[str], evr: np.ndarray, lo: float, hi: float, small: int):
+    rows = []
+    for dim, name in enumerate(names):
+        members = {label: g for (d, label), g in groups.items() if d == dim}
+        hists = {label: normalised_histogram(g.hist, lo, hi) for label, g in members.items()}
+        for a, b, total, per in shift_matrix(hists, evr):
+            na, nb = members[a].n, members[b].n
+            rows.append({**_run_fields(run), "dimension": name, "group_a": a, "group_b": b, "shift": float(total),
+                         "kl_components": [float(v) for v in per], "n_a": na, "n_b": nb,
+                         "small": bool(na < small or nb < small)})
+    return rows
+
+
+def _model_shift_rows(run, per_model, groups, model_labels, names, model_dims, evr, lo, hi, small):
+    """Each model against the rest of the population (dimension ``all``) and the rest of
+    its group in each model-level dimension."""
+    rows = []
+    everything = groups[(len(names), ALL)]
+    for model_id, g in sorted(per_model.items()):
+        info = model_labels.get(model_id, {})
+        targets = [(ALL, ALL, everything)]
+        for d in model_dims:
+            label = info.get(names[d])
+            if label is not None and (d, label) in groups:
+                targets.append((names[d], label, groups[(d, label)]))
+        for dim_name, label, whole in targets:
+            res = co.rest_shift(g.hist, whole.hist, evr, lo, hi)
+            n_rest = whole.n - g.n
+            rows.append({
+                **_run_fields(run), "model_id": model_id, "name": info.get("name"), "dimension": dim_name,
+                "group_value": label, "shift": None if res is None else float(res[0]),
+                "kl_components": None if res is None else [float(v) for v in res[1]],
+                "n_filters": g.n, "n_rest": n_rest, "small": bool(g.n < small or n_rest < small),
+            })
+    return rows
+
+
+def _extremes(rows: list[dict]) -> dict[str, tuple[tuple, tuple]]:
+    out: dict[str, tuple[tuple, tuple]] = {}
+    by_dim: dict[str, list[tuple]] = {}
+    for r in rows:
+        if r["group_a"] < r["group_b"]:
+            by_dim.setdefault(r["dimension"], []).append((r["group_a"], r["group_b"], r["shift"]))
+    for dim, pairs in by_dim.items():
+        pairs.sort(key=lambda p: p[2])
+        out[dim] = (pairs[-1], pairs[0])
+    return out
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+def new_run(scope: str) -> dict:
+    """Run identity: ``run_id`` sorts by start time (UTC, microseconds) then a random suffix."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return {"run_id": now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3), "scope": scope, "run_at": now}
+
+
+class _Phases:
+    """Wall time per phase (for the report: where a run spends its time)."""
+
+    def __init__(self, sc, out: dict[str, float]) -> None:
+        self.sc, self.out, self.t = sc, out, time.perf_counter()
+
+    def __call__(self, finished: str, next_description: str | None = None) -> None:
+        now = time.perf_counter()
+        self.out[finished] = self.out.get(finished, 0.0) + now - self.t
+        self.t = now
+        if next_description:
+            self.sc.setJobDescription(f"filterspark analyze: {next_description}")
+
+
+def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
+    """Analyse the warehouse's filters and write the analysis tables (one run)."""
+    started = time.perf_counter()
+    run = new_run(options.scope)
+    report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters)
+    phase = _Phases(spark.sparkContext, report.phases)
+
+    joined, models = analysis_input(spark, options)
+    dims = resolve_dimensions(models, options.by)
+    names = list(dims)
+    report.dimensions = names
+    n = len(names)  # label columns: _g0.._g{n-1} dimensions, _g{n} "all", _g{n+1} the model
+    label_cols = [expr.alias(f"_g{i}") for i, expr in enumerate(dims.values())]
+    label_cols += [F.lit(ALL).alias(f"_g{n}"), F.col("model_id").cast("string").alias(f"_g{n + 1}")]
+    scoped = joined.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, *label_cols)
+    phase("plan", "reference point")
+
+    m, ref = _moments(scoped, spark)
+    basis = pca_from_moments(m)
+    report.basis, report.n_filters = basis, m.n
+    phase("pca", "coefficient range")
+
+    weights = scoped.select(*WEIGHT_COLUMNS)
+    ranges = weights.mapInArrow(_range_task(basis), "lo double, hi double").agg(F.min("lo"), F.max("hi")).first()
+    lo, hi = combine_ranges([(ranges[0], ranges[1])])
+    report.range = (lo, hi)
+    phase("range", f"histograms for {n} dimensions")
+
+    partials = scoped.select(*WEIGHT_COLUMNS, *[f"_g{i}" for i in range(n + 2)]).mapInArrow(
+        _partials_task(basis, lo, hi, options.bins, ref, n), _PARTIAL_SCHEMA
+    )
+    groups = co.assemble(_summed_partials(partials), options.bins, ref)
+    all_names = names + [ALL]
+    public = {k: g for k, g in groups.items() if k[0] <= n}
+    per_model = {int(label): g for (d, label), g in groups.items() if d == n + 1}
+    report.n_models = len(per_model)
+    for (d, label), g in public.items():
+        report.groups.setdefault(all_names[d], {})[label] = g.n
+    phase("histograms", "model labels")
+
+    small, evr = options.min_filters, basis.explained_variance_ratio
+    model_level = [i for i, name in enumerate(names) if name != DEPTH_DIMENSION]
+    exprs = list(dims.values())
+    label_rows = models.select("model_id", "name", *[exprs[i].alias(names[i]) for i in model_level]).collect()
+    model_labels = {r["model_id"]: r.asDict() for r in label_rows}
+    shifts = _shift_rows(run, {k: g for k, g in public.items() if k[0] < n}, names, evr, lo, hi, small)
+    model_rows = _model_shift_rows(run, per_model, public, model_labels, names, model_level, evr, lo, hi, small)
+    report.extremes = _extremes(shifts)
+    phase("shifts", "write tables")
+
+    from . import schemas as S
+
+    predicate = f"run_id = '{run['run_id']}'"
+
+    def write(name: str, df: DataFrame) -> None:
+        path = ensure_table(spark, options.warehouse, options.database, name, ANALYSIS_TABLES[name])
+        replace_rows(df, path, predicate, f"write {name}")
+        report.tables.append(name)
+
+    hist = spark.createDataFrame(
+        _histogram_table(public, all_names, lo, hi, options.bins, small), schema=_without_run(S.COEFFICIENT_HISTOGRAMS)
+    )
+    frames = {
+        "pca_basis": rows_frame(spark, _basis_rows(run, basis), S.PCA_BASIS),
+        "coefficient_histograms": _with_run(hist, run, S.COEFFICIENT_HISTOGRAMS),
+        "coefficient_stats": rows_frame(spark, _stats_rows(run, public, all_names, basis, lo, hi, small), S.COEFFICIENT_STATS),
+        "shifts": rows_frame(spark, shifts, S.SHIFTS),
+        "model_shifts": rows_frame(spark, model_rows, S.MODEL_SHIFTS),
+    }
+    if options.write_coefficients:
+        coeffs = scoped.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS).mapInArrow(
+            _coefficient_task(basis), _without_run(S.COEFFICIENTS)
+        )
+        frames["coefficients"] = _with_run(coeffs, run, S.COEFFICIENTS)
+    # Independent tables: commit them concurrently (Delta commits are mostly latency).
+    with ThreadPoolExecutor(max_workers=len(frames)) as pool:
+        for future in [pool.submit(write, name, df) for name, df in frames.items()]:
+            future.result()
+    phase("write")
+
+    report.seconds = time.perf_counter() - started
+    summary = {
+        **_run_fields(run), "finished_at": _dt.datetime.now(_dt.timezone.utc), "seconds": report.seconds,
+        "dimensions": names, "bins": options.bins, "min_group_filters": small, "n_filters": m.n,
+        "n_models": report.n_models, "range_lo": lo, "range_hi": hi,
+        "explained_variance_ratio": [float(v) for v in evr], "write_coefficients": options.write_coefficients,
+    }
+    write("analysis_runs", rows_frame(spark, [summary], S.ANALYSIS_RUNS))
+    register_tables(spark, options.warehouse, options.database)
+    phase("write")
+    report.seconds = time.perf_counter() - started
+    return report
