@@ -237,6 +237,23 @@ def run_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- quality ---------------------------------------------------------------------------------
+
+
+def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import quality_report
+
+    _add_common(parser)
+    quality_report.add_arguments(parser)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Per-layer quality of one model, or the models ranked by degeneration."""
+    from . import quality_report
+
+    return quality_report.run(args)
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -245,6 +262,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "extract": ("extract a model catalog into Delta tables", add_extract_arguments, run_extract),
     "analyze": ("PCA, grouped coefficient histograms and shift matrices as tables", add_analyze_arguments, run_analyze),
     "sql": ("run a SQL query against the warehouse", add_sql_arguments, run_sql),
+    "quality": ("per-layer filter quality of one model, or models ranked by degeneration", add_quality_arguments, run_quality),
 }
 
 

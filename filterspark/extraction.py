@@ -144,7 +144,7 @@ def _layer_row(model_id: int, index: int, layer: ConvLayer, depth: tuple[int, fl
         "dtype": str(layer.weight.dtype).replace("torch.", ""),
     }
     if quality is not None:
-        row.update(quality.as_dict())
+        row.update(quality.as_row())  # undefined (NaN) metrics -> NULL
     return row
 
 
@@ -202,9 +202,10 @@ def extract_model(
         error=None if loaded.layers else "no 2-D convolution layers",
         extracted_at=datetime.now(timezone.utc),
     )
-    rollup = model_quality(list(quality_by_index.values()))
+    rollup = model_quality(list(quality_by_index.values()), thresholds)
     for f in MODEL_QUALITY_FIELDS:
         summary[f.name] = rollup.get(f.name)
+    summary["layers_3x3"] = rollup["n_layers_3x3"]
     if summary.get("worst_layer_index") is not None:
         # model_quality indexes its input list; map back to the model's layer_index.
         summary["worst_layer_index"] = list(quality_by_index)[summary["worst_layer_index"]]

@@ -74,42 +74,67 @@ _TH_B = -0.31050834
 class QualityThresholds:
     """Configuration of the quality metrics and degeneration flags.
 
+    The defaults are justified with measurements in README.md (*Filter quality*) and
+    checked by ``tests/test_quality_math.py`` (i.i.d. layers) and ``tests/test_quality.py``
+    (the demo zoo).
+
     Attributes:
         sparsity_threshold: a filter is sparse when all its ``|w|`` are strictly below
             this fraction of the layer's peak ``max|W|``. 0.01 is the published 1 % rule.
         random_entropy_norm: ``degenerate_random`` when the (raw) normalised variance
-            entropy is ``>=`` this. ``TH(n)`` is fitted to the *low end* of the entropy of
-            random layers of size n, so i.i.d. random layers score ~1.0-1.4 (more spread
-            for small n); 0.95 leaves a margin below 1 for estimation noise while staying
-            above the ~0.9 that the authors call a good, trained value.
+            entropy is ``>=`` this (and the layer has ``random_min_filters`` filters).
+            i.i.d. random layers of 32 or more filters score 1.00-1.05 on average (1st
+            percentile >= 0.995, spread <= 0.015), while trained layers stay below: the published
+            pretrained ResNet-18's highest layer is 0.96 (raw 0.916 at n = 8192), the
+            trained demo classifiers <= 0.92. 0.98 = "within 2 % of the random level".
+        random_min_filters: the random flag needs at least this many filters. ``TH(n)``
+            underestimates the entropy of i.i.d. layers for small n (their normalised
+            mean is 1.31 at n = 8, 1.13 at n = 16, 1.07 at n = 24, 1.05 at n = 32, <= 1.025
+            from n = 48), so a trained 8-filter first layer (1.20-1.26 in the demo zoo)
+            cannot be told from a random one; from 32 on the level is right within 5 %.
         low_variety_entropy_norm: ``degenerate_low_variety`` when the *clean* normalised
             entropy (non-sparse filters only) is ``<`` this. Using the clean value keeps a
             mostly-zero layer from also being called low-variety merely because of its
-            zeros. 0.5 means the 9-dim spectrum of the living filters carries roughly
-            half the entropy of random filters, i.e. variance concentrated in a few
-            directions (replicated / redundant filters); replicated filters score 0.
+            zeros. A layer whose filters are scaled copies of k equally strong patterns
+            has ``H = log10 k``, i.e. a normalised entropy ``log10(k) / TH(n)``: 0 for one
+            pattern; for two 0.33 at n = 64 and 0.32 for large n (0.36 at n = 32); for
+            three 0.50-0.53 (n >= 64). 0.35 flags layers made of about two patterns or
+            fewer (demo zoo: replicated layers 0.13-0.31, trained layers >= 0.39).
         sparse_share: ``degenerate_sparse`` when sparsity is ``>`` this. 0.5: most of
-            the layer's filters are dead (trained, unpruned layers are typically < 0.05).
+            the layer's filters are dead (trained demo layers have 0.0, the published
+            ResNet-18 at most 0.125).
     """
 
     sparsity_threshold: float = 0.01
-    random_entropy_norm: float = 0.95
-    low_variety_entropy_norm: float = 0.5
+    random_entropy_norm: float = 0.98
+    random_min_filters: int = 32
+    low_variety_entropy_norm: float = 0.35
     sparse_share: float = 0.5
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "QualityThresholds":
-        """Build from a mapping: ``None`` values keep the default.
+        """Build from a mapping: ``None`` values keep the default; values are cast to the
+        field's type (``int`` fields must be whole numbers).
 
         Unknown keys raise ``KeyError`` (a typo in a config must not pass silently).
         """
         if not d:
             return cls()
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        kinds = {f.name: type(f.default) for f in fields(cls)}
+        unknown = set(d) - set(kinds)
         if unknown:
             raise KeyError(f"unknown QualityThresholds keys: {sorted(unknown)}")
-        return cls(**{k: float(v) for k, v in d.items() if v is not None})
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if v is None:
+                continue
+            if kinds[k] is int:
+                if float(v) != int(float(v)):
+                    raise ValueError(f"{k} must be a whole number, got {v!r}")
+                out[k] = int(float(v))
+            else:
+                out[k] = float(v)
+        return cls(**out)
 
 
 @dataclass
@@ -135,6 +160,14 @@ class LayerQuality:
     def as_dict(self) -> dict[str, Any]:
         """Plain-Python dict (ints, floats, bools) in field order."""
         return asdict(self)
+
+    def as_row(self) -> dict[str, Any]:
+        """Like :meth:`as_dict` but NaN (undefined) metrics become ``None``: a table row.
+
+        SQL aggregates skip NULL but propagate NaN (and Spark orders NaN above every
+        number), so an undefined metric must never reach a table as NaN.
+        """
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------- internals
@@ -278,7 +311,8 @@ def variance_entropy_clean_norm(weight: torch.Tensor, threshold: float = 0.01) -
 def layer_quality(weight: torch.Tensor, thresholds: QualityThresholds | None = None) -> LayerQuality:
     """All metrics and flags of one layer: one float64 copy, one 9x9 eigen-solve (two with sparse filters).
 
-    Flags: ``degenerate_random`` = normalised entropy ``>= random_entropy_norm``;
+    Flags: ``degenerate_random`` = normalised entropy ``>= random_entropy_norm`` on a
+    layer of at least ``random_min_filters`` filters;
     ``degenerate_low_variety`` = clean normalised entropy ``< low_variety_entropy_norm``;
     ``degenerate_sparse`` = sparsity ``> sparse_share``. NaN metrics never raise a flag.
     """
@@ -308,7 +342,7 @@ def layer_quality(weight: torch.Tensor, thresholds: QualityThresholds | None = N
         variance_entropy_clean=hc,
         variance_entropy_clean_norm=hc_norm,
         nonfinite_count=0,
-        degenerate_random=bool(h_norm >= t.random_entropy_norm),  # False for NaN
+        degenerate_random=bool(n >= t.random_min_filters and h_norm >= t.random_entropy_norm),  # False for NaN
         degenerate_sparse=bool(sp > t.sparse_share),
         degenerate_low_variety=bool(hc_norm < t.low_variety_entropy_norm),  # False for NaN
     )

@@ -54,6 +54,7 @@ MODEL_QUALITY_FIELDS = [
     StructField("layers_3x3", IntegerType()),
     StructField("mean_variance_entropy_norm", DoubleType()),
     StructField("min_variance_entropy_norm", DoubleType()),
+    StructField("mean_variance_entropy_clean_norm", DoubleType()),
     StructField("mean_sparsity", DoubleType()),
     StructField("max_sparsity", DoubleType()),
     StructField("share_random", DoubleType()),
@@ -62,6 +63,7 @@ MODEL_QUALITY_FIELDS = [
     StructField("share_degenerate", DoubleType()),
     StructField("nonfinite_layers", IntegerType()),
     StructField("worst_layer_index", IntegerType()),
+    StructField("worst_layer_reason", StringType()),  # its most severe flag: sparse | low_variety | random
 ]
 
 MODELS = StructType(
