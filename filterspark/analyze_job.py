@@ -148,8 +148,11 @@ def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[st
     ``models.metadata`` (a column wins over a key of the same name).
     """
     columns = {f.name for f in models.schema.fields if _is_scalar(f.dataType)} - {"model_id"}
-    keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
-    wanted = list(by) if by else [d for d in DEFAULT_BY if d == DEPTH_DIMENSION or d in columns or d in keys]
+    requested = list(by) if by else list(DEFAULT_BY)
+    keys: set[str] = set()
+    if any(d != DEPTH_DIMENSION and d not in columns for d in requested):  # a small job: only if needed
+        keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
+    wanted = requested if by else [d for d in DEFAULT_BY if d == DEPTH_DIMENSION or d in columns or d in keys]
     out: dict[str, Column] = {}
     for dim in wanted:
         if dim in (ALL, _MODEL):
