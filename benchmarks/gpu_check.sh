@@ -38,7 +38,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.device_count(), 'devices')"
 
 step "GPU unit tests (task device mapping, fallback, real-GPU extraction equals CPU)"
-timeout 180 "$PY" -m pytest tests/test_cluster.py -q -p no:cacheprovider -m "not cluster" -k "gpu or task or discovery" -rs
+timeout 180 "$PY" -m pytest tests/test_cluster.py -q -p no:cacheprovider -m "not cluster" -k "gpu or task or falls_back or discovery" -rs
 tests_rc=$?
 
 step "Extraction speed, GPU vs CPU"

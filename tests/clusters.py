@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -227,12 +226,16 @@ class StandaloneCluster:
 
 
 def executor_pids(app_id: str) -> dict[str, int]:
-    """Executor id -> PID of the executor JVMs of one application (from ``ps``)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=30).stdout
+    """Executor id -> PID of the executor JVMs of one application (from /proc)."""
     pids = {}
-    for line in out.splitlines():
-        if "CoarseGrainedExecutorBackend" in line and app_id in line:
-            match = re.search(r"--executor-id\s+(\S+)", line)
-            if match:
-                pids[match.group(1)] = int(line.split(None, 1)[0])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args]
+        if "org.apache.spark.executor.CoarseGrainedExecutorBackend" in words and app_id in words:
+            pids[words[words.index("--executor-id") + 1]] = int(entry.name)
     return pids
