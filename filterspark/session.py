@@ -87,8 +87,11 @@ def _preset_conf() -> dict[str, str]:
     """
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         return {}
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
 
+    # Connect to spark-submit's running JVM first: without a gateway SparkConf() is an
+    # empty Python-side conf and would hide --packages/--jars/spark-defaults.conf.
+    SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
 
 
