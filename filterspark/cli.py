@@ -254,6 +254,58 @@ def run_quality(args: argparse.Namespace) -> int:
     return quality_report.run(args)
 
 
+# --- import-filterdb -------------------------------------------------------------------------
+
+
+def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--h5", required=True, help="the published dataset.h5 (a path every executor can open)")
+    parser.add_argument(
+        "--normalise-tasks",
+        action="store_true",
+        help="map every task label containing 'Segmentation' to 'Segmentation' (the authors' recommendation)",
+    )
+    from .import_job import DEFAULT_ROWS_PER_TASK
+
+    parser.add_argument(
+        "--rows-per-task", type=int, default=DEFAULT_ROWS_PER_TASK, help=f"filters per Spark task (default {DEFAULT_ROWS_PER_TASK:,})"
+    )
+    parser.add_argument("--force", action="store_true", help="re-import models even when unchanged")
+    from .quality import QualityThresholds
+
+    for name, value in vars(QualityThresholds()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
+
+
+def run_import_filterdb(args: argparse.Namespace) -> int:
+    """The CNN Filter DB import job (``spark-submit jobs/import_filterdb.py``)."""
+    from .filterdb_h5 import FilterDBFormatError, read_filterdb
+    from .import_job import ImportOptions, run_import
+    from .quality import QualityThresholds
+    from .session import build_session
+
+    try:
+        db = read_filterdb(args.h5, normalise_tasks=args.normalise_tasks)
+    except FilterDBFormatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    thresholds = QualityThresholds.from_dict({k: getattr(args, k) for k in vars(QualityThresholds())})
+    spark = build_session(app_name="filterspark-import-filterdb", warehouse=args.warehouse, database=args.database)
+    options = ImportOptions(
+        warehouse=args.warehouse,
+        database=args.database,
+        thresholds=thresholds,
+        normalise_tasks=args.normalise_tasks,
+        rows_per_task=args.rows_per_task,
+        force=args.force,
+    )
+    report = run_import(spark, db, options)
+    for line in report.lines():
+        print(line)
+    print(f"tables: {args.database}.models, {args.database}.layers, {args.database}.filters in {args.warehouse}")
+    return 0
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -263,6 +315,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "analyze": ("PCA, grouped coefficient histograms and shift matrices as tables", add_analyze_arguments, run_analyze),
     "sql": ("run a SQL query against the warehouse", add_sql_arguments, run_sql),
     "quality": ("per-layer filter quality of one model, or models ranked by degeneration", add_quality_arguments, run_quality),
+    "import-filterdb": (
+        "import the published CNN Filter DB (dataset.h5) into Delta tables",
+        add_import_filterdb_arguments,
+        run_import_filterdb,
+    ),
 }
 
 

@@ -68,6 +68,31 @@ def _channels(layer: ConvLayer) -> tuple[int, int]:
     return a, b * groups
 
 
+def filter_batch(
+    model_id: int,
+    layer_index: int,
+    first_index: int,
+    weights: np.ndarray,
+    meta: list[str | None],
+    depth: int | None,
+    depth_norm: float | None,
+) -> pa.RecordBatch:
+    """One Arrow batch of ``filters`` rows: ``weights`` is a float32 ``(n, 9)`` slice of one
+    layer whose first row has ``filter_index = first_index``; ``meta`` holds the
+    ``FILTER_METADATA`` values. Shared by extraction and the CNN Filter DB import."""
+    n = weights.shape[0]
+    columns = [
+        pa.array(np.full(n, model_id, dtype=np.int64)),
+        pa.array(np.full(n, layer_index, dtype=np.int32)),
+        pa.array(np.arange(first_index, first_index + n, dtype=np.int32)),
+        *[pa.array(np.ascontiguousarray(weights[:, j], dtype=np.float32)) for j in range(9)],
+        *[pa.nulls(n, pa.string()) if v is None else pa.repeat(pa.scalar(v, pa.string()), n) for v in meta],
+        pa.nulls(n, pa.int32()) if depth is None else pa.array(np.full(n, depth, dtype=np.int32)),
+        pa.nulls(n, pa.float64()) if depth_norm is None else pa.array(np.full(n, depth_norm, dtype=np.float64)),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=FILTERS_ARROW_SCHEMA)
+
+
 @dataclass
 class ModelExtraction:
     """What one task produces for one model."""
@@ -89,18 +114,7 @@ class ModelExtraction:
             weights = layer.weight.detach().reshape(-1, 9).to("cpu", torch.float32).numpy()
             depth, depth_norm = self.depths[index]
             for start in range(0, weights.shape[0], max_rows):
-                chunk = weights[start : start + max_rows]
-                n = chunk.shape[0]
-                columns = [
-                    pa.array(np.full(n, model_id, dtype=np.int64)),
-                    pa.array(np.full(n, index, dtype=np.int32)),
-                    pa.array(np.arange(start, start + n, dtype=np.int32)),
-                    *[pa.array(np.ascontiguousarray(chunk[:, j])) for j in range(9)],
-                    *[pa.nulls(n, pa.string()) if v is None else pa.repeat(pa.scalar(v, pa.string()), n) for v in meta],
-                    pa.array(np.full(n, depth, dtype=np.int32)),
-                    pa.array(np.full(n, depth_norm, dtype=np.float64)),
-                ]
-                yield pa.RecordBatch.from_arrays(columns, schema=FILTERS_ARROW_SCHEMA)
+                yield filter_batch(model_id, index, start, weights[start : start + max_rows], meta, depth, depth_norm)
             del weights
 
 
