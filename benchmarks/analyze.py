@@ -5,7 +5,7 @@
 
 One process, the same data, three dimensions (task, visual_category, depth_decile):
 
-* **ours** — ``filterspark.analyze_job.run_analysis`` (PCA from one SQL aggregate, the
+* **ours** — ``filterspark.analyze_job.run_analysis`` (PCA from per-task numpy moments, the
   shared coefficient range, grouped 70-bin histograms, shift matrices, model shifts,
   stats; every table written to Delta), local[2] with a 2 GB driver;
 * **in-memory** — the published notebook's method: the Parquet copy read with pyarrow,

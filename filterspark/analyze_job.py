@@ -1,16 +1,18 @@
 """Spark orchestration of the analysis: ``filters`` → PCA basis, grouped histograms, shifts.
 
-Only aggregates reach the driver; the scans are:
+Only aggregates reach the driver. Three scans (:mod:`filter_scan`: Spark tasks read the
+Delta snapshot's Parquet files with pyarrow, or a DataFrame through ``mapInArrow`` when
+the scope needs filter-level columns), each a numpy function per task:
 
-0. a provisional reference point (the mean of a few thousand scaled filters, as one SQL
-   aggregate over a ``LIMIT``), so the moments below do not cancel;
-1. one Spark SQL aggregate of the 9 sums and 45 cross-products of the scaled filters
-   (float64) → :func:`pca.pca_from_moments` on the driver;
-2. ``mapInArrow``: per batch, the min/max coefficient → the shared histogram range;
-3. ``mapInArrow``: per task, a :class:`coefficients.PartitionAccumulator` for all
-   dimensions at once (plus the whole scope and each model), emitted as additive rows
-   that Spark sums per key; the driver assembles the groups and computes histograms,
-   stats and shift matrices with :mod:`shifts`.
+1. the scaled filters' moments (9 sums + 45 products, float64, about a per-task
+   provisional mean, merged exactly) → :func:`pca.pca_from_moments` on the driver;
+2. the min/max coefficient → the shared histogram range;
+3. a :class:`coefficients.PartitionAccumulator` for all dimensions at once (plus the
+   whole scope and each model), merged across tasks with ``treeReduce``; the driver
+   computes histograms, stats and shift matrices with :mod:`shifts`.
+
+Group labels never travel per row: model-level labels come from the (small) ``models``
+table by model id, ``depth_decile`` from ``conv_depth_norm`` in numpy.
 
 Each table gets one Delta commit per run (``replaceWhere run_id = …``); ``analysis_runs``
 is written last, so the ``<table>_latest`` views only ever show complete runs.
@@ -26,10 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DataType, DoubleType, IntegerType, LongType, MapType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from . import coefficients as co
-from .pca import N_WEIGHTS, PCABasis, FilterMoments, pca_from_moments, project, provisional_reference, scale_filters, upper_triangle_pairs
+from .filter_scan import FilterScan, filter_scan
+from .pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
 from .schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
 from .session import DEFAULT_DATABASE, register_tables, table_path
 from .shifts import N_BINS, batch_range, bin_edges, combine_ranges, normalised_histogram, shift_matrix
@@ -40,19 +43,6 @@ DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_de
 DEPTH_DIMENSION = "depth_decile"
 ALL = "all"  # the dimension (and group) of the whole scope
 _MODEL = "__model__"  # internal dimension: one group per model (for model_shifts)
-REF_SAMPLE = 4096  # filters averaged for the provisional reference
-
-_PARTIAL_SCHEMA = StructType(
-    [
-        StructField("kind", IntegerType()),
-        StructField("dim", IntegerType()),
-        StructField("grp", StringType()),
-        StructField("component", IntegerType()),
-        StructField("bin", IntegerType()),
-        StructField("count", LongType()),
-        StructField("value", DoubleType()),
-    ]
-)
 
 
 class AnalyzeError(ValueError):
@@ -69,6 +59,7 @@ class AnalyzeOptions:
     bins: int = N_BINS
     where: str | None = None  # SQL predicate over filter + model columns
     write_coefficients: bool = False
+    scan: str = "auto"  # auto | files | spark (see filter_scan)
     min_group_filters: int | None = None  # None: 10 per bin (700 for 70 bins)
 
     @property
@@ -99,6 +90,7 @@ class AnalyzeReport:
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     tables: list[str] = field(default_factory=list)
+    scan: str = ""  # how the filters were read: files, or spark (why)
 
     def lines(self) -> list[str]:
         evr = ", ".join(f"{v:.4f}" for v in self.basis.explained_variance_ratio) if self.basis else ""
@@ -107,6 +99,7 @@ class AnalyzeReport:
             f"filters: {self.n_filters:,} from {self.n_models} models",
             f"explained-variance ratios: {evr}",
             f"coefficient range: [{self.range[0]:.6g}, {self.range[1]:.6g}]",
+            f"filters read: {self.scan}",
         ]
         for dim in self.dimensions:
             groups = self.groups.get(dim, {})
@@ -171,13 +164,6 @@ def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[st
     return out
 
 
-def _scaled_columns() -> list[Column]:
-    """The scaled filter in SQL: each weight / the filter's max |w| (all-zero rows as is)."""
-    w = [F.col(c).cast("double") for c in WEIGHT_COLUMNS]
-    peak = F.greatest(*[F.abs(x) for x in w])
-    return [F.when(peak > 0, x / peak).otherwise(x) for x in w]
-
-
 def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFrame, DataFrame]:
     """(filters of ``ok`` models joined with their model row and ``depth_decile``, after
     ``--where``; the ``ok`` models). Filters with a non-finite weight are left out."""
@@ -210,40 +196,90 @@ def _weights(batch) -> np.ndarray:
     return np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in WEIGHT_COLUMNS]).astype(np.float64)
 
 
-def _range_task(basis: PCABasis):
-    def task(batches):
-        import pyarrow as pa
+def _scaled_rows(batch) -> tuple[np.ndarray, np.ndarray]:
+    """(scaled filters, kept-row mask) of a scan batch: rows with a non-finite weight are
+    left out, as :func:`analysis_input` leaves them out."""
+    w = _weights(batch)
+    keep = np.isfinite(w).all(axis=1)
+    return scale_filters(w if keep.all() else w[keep]), keep
 
+
+def _moments_task(batches) -> FilterMoments:
+    """Scan 1 (per task): moments of the scaled filters about the task's first batch mean."""
+    total: FilterMoments | None = None
+    for batch in batches:
+        x, _ = _scaled_rows(batch)
+        if x.shape[0] == 0:
+            continue
+        if total is None:
+            total = FilterMoments.zeros(provisional_reference(x))
+        total = total.merge(moments(x, total.ref))
+    return total if total is not None else FilterMoments.zeros()
+
+
+def _range_task(basis: PCABasis):
+    """Scan 2 (per task): (min, max) of all coefficients."""
+
+    def task(batches) -> tuple[float, float]:
         lo, hi = float("inf"), float("-inf")
         for batch in batches:
-            if batch.num_rows:
-                b_lo, b_hi = batch_range(project(scale_filters(_weights(batch)), basis))
+            x, _ = _scaled_rows(batch)
+            if x.shape[0]:
+                b_lo, b_hi = batch_range(project(x, basis))
                 lo, hi = min(lo, b_lo), max(hi, b_hi)
-        yield pa.RecordBatch.from_arrays([pa.array([lo]), pa.array([hi])], names=["lo", "hi"])
+        return lo, hi
 
     return task
 
 
-def _partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.ndarray, n_dims: int):
-    """mapInArrow function: label columns ``_g0..`` (dims, then all, then the model id)."""
+@dataclass(frozen=True)
+class GroupLabels:
+    """How a scan row gets its group in each dimension: model-level dimensions from the
+    model's row (``models[model_id][j]``), ``depth_decile`` from ``conv_depth_norm``."""
+
+    dims: tuple[str, ...]  # user dimensions, in order
+    models: dict[int, tuple[str, ...]]  # model id → labels of the model-level dimensions
+
+    def codes(self, model_ids: np.ndarray, depth: np.ndarray) -> list[tuple[np.ndarray, list[str]]]:
+        """Per dimension (the user's, then ``all``, then the model): (codes, code → label)."""
+        uniq, inv = np.unique(model_ids, return_inverse=True)
+        out, j = [], 0
+        for dim in self.dims:
+            if dim == DEPTH_DIMENSION:
+                codes = np.searchsorted(_DEPTH_EDGES, depth, side="left")
+                codes[np.isnan(depth)] = len(co.DEPTH_DECILES)
+                out.append((codes, [*co.DEPTH_DECILES, co.NONE_LABEL]))
+            else:
+                out.append((inv, [self.models[int(m)][j] for m in uniq]))
+                j += 1
+        out.append((np.zeros(model_ids.size, np.intp), [ALL]))
+        out.append((inv, [str(int(m)) for m in uniq]))
+        return out
+
+
+_DEPTH_EDGES = np.asarray(co.DEPTH_EDGES, dtype=np.float64)
+
+
+def _partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.ndarray, labels: GroupLabels):
+    """Scan 3 (per task): a :class:`coefficients.PartitionAccumulator` for every dimension
+    at once, ``all`` and each model (counts only)."""
+    n_dims = len(labels.dims)
     full = frozenset(range(n_dims + 1))  # user dims and "all"; not the per-model one
+    known = np.fromiter(labels.models, dtype=np.int64)
 
-    def task(batches):
-        import pyarrow as pa
-
+    def task(batches) -> co.PartitionAccumulator:
         acc = co.PartitionAccumulator(lo, hi, bins, ref, full)
         for batch in batches:
-            if not batch.num_rows:
-                continue
-            scaled = scale_filters(_weights(batch))
-            labels = []
-            for d in range(n_dims + 2):
-                enc = batch.column(f"_g{d}").dictionary_encode()
-                labels.append((enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()))
-            acc.add(scaled, project(scaled, basis), labels)
-        cols = acc.columns()
-        schema = arrow_schema(_PARTIAL_SCHEMA)
-        yield pa.RecordBatch.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
+            x, keep = _scaled_rows(batch)
+            model_ids = batch.column("model_id").to_numpy(zero_copy_only=False).astype(np.int64)
+            depth = batch.column("conv_depth_norm").to_numpy(zero_copy_only=False).astype(np.float64)
+            keep = keep & np.isin(model_ids, known)
+            if not keep.all():
+                x, _ = _scaled_rows(batch.filter(keep)) if keep.any() else (x[:0], None)
+                model_ids, depth = model_ids[keep], depth[keep]
+            if x.shape[0]:
+                acc.add(x, project(x, basis), labels.codes(model_ids, depth))
+        return acc
 
     return task
 
@@ -264,32 +300,41 @@ def _coefficient_task(basis: PCABasis):
     return task
 
 
-def _moments(scoped: DataFrame, spark: SparkSession) -> tuple[FilterMoments, np.ndarray]:
-    """Scans 0 and 1: provisional reference, then the 9 sums and 45 products about it."""
-    s = _scaled_columns()
-    spark.sparkContext.setJobDescription("filterspark analyze: reference point")
-    sample = scoped.limit(REF_SAMPLE).agg(F.count(F.lit(1)), *[F.avg(x) for x in s]).first()
-    if not sample[0]:
+def scan_moments(scan: FilterScan) -> FilterMoments:
+    """Scan 1: the scaled filters' moments (a :class:`pca.FilterMoments`), all tasks merged."""
+    total = FilterMoments.zeros()
+    for m in scan.map(_moments_task, "moments"):
+        total = total.merge(m)
+    if total.n == 0:
         raise AnalyzeError("no filters in scope (no ok models, or --where matches nothing)")
-    ref = provisional_reference(np.array([sample[1:]], dtype=np.float64))
-    d = [x - F.lit(float(r)) for x, r in zip(s, ref)]
-    aggs = [F.count(F.lit(1))] + [F.sum(x) for x in d] + [F.sum(d[i] * d[j]) for i, j in upper_triangle_pairs()]
-    spark.sparkContext.setJobDescription("filterspark analyze: moments (9 sums, 45 products)")
-    row = scoped.agg(*aggs).first()
-    m = FilterMoments.from_flat(row[0], row[1:10], row[10:], ref)
-    if m.n < 2:
-        raise AnalyzeError(f"PCA needs at least 2 filters in scope, found {m.n}")
-    return m, ref
+    if total.n < 2:
+        raise AnalyzeError(f"PCA needs at least 2 filters in scope, found {total.n}")
+    return total
 
 
-def _summed_partials(frame: DataFrame) -> dict[str, np.ndarray]:
-    keys = ["kind", "dim", "grp", "component", "bin"]
-    summed = frame.groupBy(*keys).agg(
-        F.sum("count").alias("count"), F.sum("value").alias("total"),
-        F.min("value").alias("vmin"), F.max("value").alias("vmax"),
-    )
-    table = summed.toArrow()
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+def _is_model_level(models: DataFrame, where: str | None) -> bool:
+    """Whether ``where`` can be decided from the model rows alone."""
+    if not (where and where.strip()):
+        return True
+    try:
+        models.where(F.expr(where)).schema
+        return True
+    except Exception:  # noqa: BLE001 - AnalysisException: a filter-level column
+        return False
+
+
+def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, models: DataFrame) -> FilterScan:
+    """The filters scan of one run: whole models' data files when the scope allows it."""
+    model_level = _is_model_level(models, options.where)
+    in_scope = models.where(F.expr(options.where)) if model_level and options.scope != ALL else models
+    ids: set[int] = set()
+    if options.scan != "spark" and model_level:
+        ids = {int(r[0]) for r in in_scope.select("model_id").collect()}
+    path = table_path(options.warehouse, options.database, "filters")
+    try:
+        return filter_scan(spark, path, ids, lambda: joined, options.scan, model_level)
+    except ValueError as err:
+        raise AnalyzeError(str(err)) from err
 
 
 # --- driver-side results --------------------------------------------------------------------
@@ -449,39 +494,38 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     names = list(dims)
     report.dimensions = names
     n = len(names)  # label columns: _g0.._g{n-1} dimensions, _g{n} "all", _g{n+1} the model
-    label_cols = [expr.alias(f"_g{i}") for i, expr in enumerate(dims.values())]
-    label_cols += [F.lit(ALL).alias(f"_g{n}"), F.col("model_id").cast("string").alias(f"_g{n + 1}")]
-    scoped = joined.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, *label_cols)
-    phase("plan", "reference point")
 
-    m, ref = _moments(scoped, spark)
+    scan = plan_scan(spark, options, joined, models)
+    report.scan = scan.mode if scan.mode == "files" else f"spark ({scan.reason})"
+    model_level = [i for i, name in enumerate(names) if name != DEPTH_DIMENSION]
+    exprs = list(dims.values())
+    label_rows = models.select("model_id", "name", *[exprs[i].alias(names[i]) for i in model_level]).collect()
+    model_labels = {r["model_id"]: r.asDict() for r in label_rows}
+    labels = GroupLabels(tuple(names), {m: tuple(r[names[i]] for i in model_level) for m, r in model_labels.items()})
+    phase("plan", "moments")
+
+    m = scan_moments(scan)
     basis = pca_from_moments(m)
+    ref = provisional_reference(basis.mean[None, :])
     report.basis, report.n_filters = basis, m.n
     phase("pca", "coefficient range")
 
-    weights = scoped.select(*WEIGHT_COLUMNS)
-    ranges = weights.mapInArrow(_range_task(basis), "lo double, hi double").agg(F.min("lo"), F.max("hi")).first()
-    lo, hi = combine_ranges([(ranges[0], ranges[1])])
+    lo, hi = combine_ranges(scan.map(_range_task(basis), "coefficient range"))
     report.range = (lo, hi)
     phase("range", f"histograms for {n} dimensions")
 
-    partials = scoped.select(*WEIGHT_COLUMNS, *[f"_g{i}" for i in range(n + 2)]).mapInArrow(
-        _partials_task(basis, lo, hi, options.bins, ref, n), _PARTIAL_SCHEMA
-    )
-    groups = co.assemble(_summed_partials(partials), options.bins, ref)
+    acc = scan.reduce(_partials_task(basis, lo, hi, options.bins, ref, labels), co.PartitionAccumulator.merge,
+                      f"histograms for {n} dimensions")
+    groups = acc.summaries() if acc is not None else {}
     all_names = names + [ALL]
     public = {k: g for k, g in groups.items() if k[0] <= n}
     per_model = {int(label): g for (d, label), g in groups.items() if d == n + 1}
     report.n_models = len(per_model)
     for (d, label), g in public.items():
         report.groups.setdefault(all_names[d], {})[label] = g.n
-    phase("histograms", "model labels")
+    phase("histograms", "shifts")
 
     small, evr = options.min_filters, basis.explained_variance_ratio
-    model_level = [i for i, name in enumerate(names) if name != DEPTH_DIMENSION]
-    exprs = list(dims.values())
-    label_rows = models.select("model_id", "name", *[exprs[i].alias(names[i]) for i in model_level]).collect()
-    model_labels = {r["model_id"]: r.asDict() for r in label_rows}
     shifts = _shift_rows(run, {k: g for k, g in public.items() if k[0] < n}, names, evr, lo, hi, small)
     model_rows = _model_shift_rows(run, per_model, public, model_labels, names, model_level, evr, lo, hi, small)
     report.extremes = _extremes(shifts)
@@ -507,7 +551,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
         "model_shifts": rows_frame(spark, model_rows, S.MODEL_SHIFTS),
     }
     if options.write_coefficients:
-        coeffs = scoped.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS).mapInArrow(
+        coeffs = joined.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS).mapInArrow(
             _coefficient_task(basis), _without_run(S.COEFFICIENTS)
         )
         frames["coefficients"] = _with_run(coeffs, run, S.COEFFICIENTS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .pca import N_WEIGHTS, FilterMoments, PCABasis, moments
-from .shifts import histogram_counts_2d, normalised_histogram, shift
+from .shifts import bin_ids_2d, counts_from_bin_ids, normalised_histogram, shift
 
 #: Depth groups: deciles of ``conv_depth_norm``, ``[0.0,0.1], (0.1,0.2], …, (0.9,1.0]``.
 DEPTH_EDGES = tuple(k / 10 for k in range(1, 10))
@@ -73,23 +73,30 @@ class PartitionAccumulator:
 
     def add(self, scaled: np.ndarray, coeffs: np.ndarray, labels: list[tuple[np.ndarray, list[str]]]) -> None:
         """Add a batch: scaled filters and their coefficients (n, 9) and, per dimension,
-        the rows' group codes with the code → label list."""
+        the rows' group codes with the code → label list.
+
+        The batch is binned once (coarse and fine); each group then only counts its rows'
+        bin ids, and a group holding the whole batch (the usual case: model-level labels
+        are constant within a model's file) reuses the whole batch's counts and moments.
+        """
+        if coeffs.shape[0] == 0:
+            return
+        batch = _BinnedBatch(self, scaled, coeffs)
         for dim, (codes, names) in enumerate(labels):
             codes = np.asarray(codes)
             if codes.size == 0:
                 continue
             if np.all(codes == codes[0]):
-                self._add_group(dim, names[int(codes[0])], scaled, coeffs)
+                self._add_group(dim, names[int(codes[0])], batch, None)
                 continue
             order = np.argsort(codes, kind="stable")
             sorted_codes = codes[order]
             starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
             ends = np.r_[starts[1:], codes.size]
             for s, e in zip(starts, ends):
-                rows = order[s:e]
-                self._add_group(dim, names[int(sorted_codes[s])], scaled[rows], coeffs[rows])
+                self._add_group(dim, names[int(sorted_codes[s])], batch, order[s:e])
 
-    def _add_group(self, dim: int, label: str, scaled: np.ndarray, coeffs: np.ndarray) -> None:
+    def _add_group(self, dim: int, label: str, batch: "_BinnedBatch", rows: np.ndarray | None) -> None:
         g = self.groups.get((dim, label))
         full = dim in self.full_dims
         if g is None:
@@ -100,13 +107,35 @@ class PartitionAccumulator:
                 g.hi = np.full(N_WEIGHTS, -np.inf)
                 g.moments = FilterMoments.zeros(self.ref)
             self.groups[(dim, label)] = g
-        g.n += coeffs.shape[0]
-        g.hist += histogram_counts_2d(coeffs, self.lo, self.hi, self.bins)
+        part = batch.part(rows, full)
+        g.n += part.n
+        g.hist += part.hist
         if full:
-            g.fine += histogram_counts_2d(coeffs, self.lo, self.hi, FINE_BINS)
-            np.minimum(g.lo, coeffs.min(axis=0), out=g.lo)
-            np.maximum(g.hi, coeffs.max(axis=0), out=g.hi)
-            g.moments = g.moments.merge(moments(scaled, self.ref))
+            g.fine += part.fine
+            np.minimum(g.lo, part.lo, out=g.lo)
+            np.maximum(g.hi, part.hi, out=g.hi)
+            g.moments = g.moments.merge(part.moments)
+
+    def merge(self, other: "PartitionAccumulator") -> "PartitionAccumulator":
+        """Add another task's groups into this one (in place; returns self)."""
+        for key, g in other.groups.items():
+            mine = self.groups.get(key)
+            if mine is None:
+                self.groups[key] = g
+                continue
+            mine.n += g.n
+            mine.hist += g.hist
+            if mine.moments is not None and g.moments is not None:
+                mine.fine += g.fine
+                np.minimum(mine.lo, g.lo, out=mine.lo)
+                np.maximum(mine.hi, g.hi, out=mine.hi)
+                mine.moments = mine.moments.merge(g.moments)
+        return self
+
+    def summaries(self) -> dict[tuple[int, str], "GroupSummary"]:
+        """The groups as :class:`GroupSummary` (what :func:`assemble` gives for summed
+        :meth:`columns` rows)."""
+        return {k: GroupSummary(g.n, g.hist, g.fine, g.lo, g.hi, g.moments) for k, g in self.groups.items()}
 
     def columns(self) -> dict[str, np.ndarray]:
         """The partial rows (columns of :data:`PARTIAL_COLUMNS`); zero counts are left out."""
@@ -123,6 +152,32 @@ class PartitionAccumulator:
         if not parts:
             return {c: np.empty(0) for c in PARTIAL_COLUMNS}
         return {c: np.concatenate([p[i] for p in parts]) for i, c in enumerate(PARTIAL_COLUMNS)}
+
+
+class _BinnedBatch:
+    """One batch's bin ids (coarse and, if needed, fine), and its groups' partials; the
+    partial of the whole batch is computed once and shared by every group that holds it."""
+
+    def __init__(self, acc: PartitionAccumulator, scaled: np.ndarray, coeffs: np.ndarray) -> None:
+        self.acc, self.scaled, self.coeffs = acc, scaled, coeffs
+        self.coarse = bin_ids_2d(coeffs, acc.lo, acc.hi, acc.bins)
+        self.fine = bin_ids_2d(coeffs, acc.lo, acc.hi, FINE_BINS) if acc.full_dims else None
+        self.whole: dict[bool, GroupPartial] = {}
+
+    def part(self, rows: np.ndarray | None, full: bool) -> GroupPartial:
+        """The partial of ``rows`` (None: the whole batch); stats only when ``full``."""
+        if rows is None and (full in self.whole or (not full and True in self.whole)):
+            return self.whole[full] if full in self.whole else self.whole[True]
+        pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+        coeffs = pick(self.coeffs)
+        p = GroupPartial(hist=counts_from_bin_ids(pick(self.coarse), N_WEIGHTS, self.acc.bins), n=coeffs.shape[0])
+        if full:
+            p.fine = counts_from_bin_ids(pick(self.fine), N_WEIGHTS, FINE_BINS)
+            p.lo, p.hi = coeffs.min(axis=0), coeffs.max(axis=0)
+            p.moments = moments(pick(self.scaled), self.acc.ref)
+        if rows is None:
+            self.whole[full] = p
+        return p
 
 
 def _count_rows(kind: int, dim: int, label: str, counts: np.ndarray) -> tuple:

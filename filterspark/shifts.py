@@ -73,6 +73,34 @@ def histogram_counts_2d(coeffs: np.ndarray, lo: float, hi: float, bins: int = N_
     return counts.reshape(k, bins)
 
 
+def bin_ids_2d(coeffs: np.ndarray, lo: float, hi: float, bins: int = N_BINS) -> np.ndarray:
+    """Flat bin ids of an (n, k) batch: ``column * bins + bin`` with ``np.histogram``'s
+    binning over ``(lo, hi)``, and ``k * bins`` for a value outside the range or NaN.
+
+    Bin a batch once, then count any subset of its rows with :func:`counts_from_bin_ids`:
+    ``counts_from_bin_ids(bin_ids_2d(c, lo, hi, b)[rows], k, b)`` equals
+    ``histogram_counts_2d(c[rows], lo, hi, b)``.
+    """
+    c = np.asarray(coeffs, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"expected an (n, k) coefficient array, got shape {c.shape}")
+    n, k = c.shape
+    flat = c.reshape(-1)
+    idx, mask = _bin_indices(flat, bin_edges(lo, hi, bins))
+    col = np.broadcast_to(np.arange(k, dtype=np.intp) * bins, c.shape).reshape(-1)
+    if mask is None:
+        return (idx + col).reshape(n, k)
+    out = np.full(flat.size, k * bins, dtype=np.intp)
+    out[mask] = idx + col[mask]
+    return out.reshape(n, k)
+
+
+def counts_from_bin_ids(ids: np.ndarray, k: int, bins: int = N_BINS) -> np.ndarray:
+    """(k, bins) int64 counts of :func:`bin_ids_2d` ids (out-of-range ids dropped)."""
+    counts = np.bincount(np.asarray(ids).reshape(-1), minlength=k * bins + 1)
+    return counts[: k * bins].astype(np.int64, copy=False).reshape(k, bins)
+
+
 def normalised_histogram(counts: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The published histogram from counts: density, empty bins → float32 eps, sum 1.
 

@@ -18,6 +18,7 @@ from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
 from filterspark.analyze_job import AnalyzeOptions, run_analysis
+from filterspark.session import register_tables
 from filterspark.session import table_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,6 +311,38 @@ def test_synthetic_equals_in_memory_reference(spark, synthetic):
     assert set(ref.labels["depth_decile"]) == {"[0.0,0.1]", "(0.2,0.3]", "(0.9,1.0]", NONE}
     assert set(ref.labels["variant"]) == {"x", "y", NONE}
     check_against_reference(run_tables(spark, warehouse, report.run_id), ref, SYNTH_DIMS)
+
+
+def test_spark_reader_path_equals_files_path_and_model_level_where(spark, synthetic, tmp_path):
+    """The general scan (Spark's reader + mapInArrow) gives the files scan's results; a
+    --where over model columns keeps the files scan and scopes it to whole models."""
+    warehouse, files_report = synthetic
+    assert files_report.scan == "files"
+    other = str(tmp_path / "warehouse")  # the same synthetic data (same seed), own run history
+    write_synthetic(spark, other)
+    report = run_analysis(spark, AnalyzeOptions(warehouse=other, by=tuple(SYNTH_DIMS), scan="spark"))
+    assert report.scan.startswith("spark")
+    a, b = run_tables(spark, warehouse, files_report.run_id), run_tables(spark, other, report.run_id)
+    for name, keys in [("coefficient_histograms", ["dimension", "group_value", "component", "bin"]),
+                       ("shifts", ["dimension", "group_a", "group_b"]),
+                       ("model_shifts", ["model_id", "dimension"]),
+                       ("coefficient_stats", ["dimension", "group_value", "component"])]:
+        x, y = (t[name].drop(columns=["run_id", "run_at"]).sort_values(keys).reset_index(drop=True) for t in (a, b))
+        assert len(x) == len(y) > 0
+        for col in x.columns:
+            if x[col].dtype.kind == "f":
+                np.testing.assert_allclose(x[col], y[col], rtol=1e-9, atol=1e-12, err_msg=f"{name}.{col}")
+            elif not isinstance(x[col].iloc[0], (np.ndarray, list)):
+                assert list(x[col]) == list(y[col]), f"{name}.{col}"
+
+    where = "task IN ('A', 'C')"
+    scoped = run_analysis(spark, AnalyzeOptions(warehouse=other, by=("task", "depth_decile"), where=where))
+    assert scoped.scan == "files" and scoped.n_models == 4
+    ref = Reference(load_population(spark, other, where), ["task", "depth_decile"])
+    check_against_reference(run_tables(spark, other, scoped.run_id), ref, ["task", "depth_decile"])
+    with pytest.raises(ValueError, match="filter-level"):
+        run_analysis(spark, AnalyzeOptions(warehouse=other, where="conv_depth_norm < 0.5", scan="files"))
+    register_tables(spark, warehouse)  # the filterdb.* names back on the module's warehouse
 
 
 def test_synthetic_known_structure(spark, synthetic):

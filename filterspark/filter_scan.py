@@ -1,0 +1,191 @@
+"""Distributed scans of the ``filters`` table that hand Arrow batches to numpy tasks.
+
+The analysis passes (moments, coefficient range, grouped histograms) are Python
+functions from an iterator of Arrow record batches (columns ``w0..w8``, ``model_id`` and
+``conv_depth_norm``) to one small picklable result per Spark task. A :class:`FilterScan`
+runs such a function on the executors, one of two ways, with identical results:
+
+* **files** (the fast path): the driver lists the Delta snapshot's data files (one
+  directory per ``model_id`` partition) and Spark tasks read their share of them with
+  ``pyarrow.parquet``, only the needed columns, straight into numpy. No row passes through
+  the JVM; every file is immutable, so the scan sees exactly the listed snapshot.
+* **frame** (the general path): any DataFrame with those columns, through ``mapInArrow``.
+  Used when the ``--where`` predicate needs filter-level columns, or the table uses Delta
+  features that raw Parquet files do not express (deletion vectors, column mapping), or
+  its files are not on a file system pyarrow reads here (``--scan spark`` forces it).
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .schemas import WEIGHT_COLUMNS
+
+#: The columns every scan batch carries.
+SCAN_COLUMNS = (*WEIGHT_COLUMNS, "model_id", "conv_depth_norm")
+#: Rows per Arrow batch read from a file.
+BATCH_ROWS = 65536
+#: Bytes of Parquet per task (the file path): large enough to amortise a task's start-up.
+TASK_BYTES = 128 << 20
+#: Delta table features a raw Parquet read cannot honour.
+_UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
+_MODEL_DIR = re.compile(r"/model_id=(-?\d+)/")
+
+BatchTask = Callable[[Iterator[Any]], Any]
+
+
+@dataclass
+class FilterScan:
+    """Where a scan's batches come from: file groups (per task: ``(path, model_id)``
+    pairs, with the set of model ids in scope) or a DataFrame of :data:`SCAN_COLUMNS`."""
+
+    spark: SparkSession
+    file_groups: list[list[tuple[str, int]]] | None = None
+    frame: DataFrame | None = None
+    reason: str = ""  # why the frame path was taken (for the run report)
+
+    @property
+    def mode(self) -> str:
+        return "files" if self.file_groups is not None else "spark"
+
+    def map(self, task: BatchTask, description: str) -> list[Any]:
+        """``task(batches)`` on every Spark task; the results (small objects) on the driver."""
+        sc = self.spark.sparkContext
+        sc.setJobDescription(f"filterspark analyze: {description}")
+        if self.file_groups is not None:
+            if not self.file_groups:
+                return []
+            groups = self.file_groups
+            return sc.parallelize(groups, len(groups)).map(lambda group: task(read_files(group))).collect()
+        return [pickle.loads(r[0]) for r in self.frame.mapInArrow(_pickled(task), "result binary").collect()]
+
+
+    def reduce(self, task: BatchTask, merge: Callable[[Any, Any], Any], description: str) -> Any:
+        """``task`` on every Spark task, results merged with ``merge`` (on the executors,
+        as a tree, for the files path); None when there is nothing to scan."""
+        if self.file_groups is not None:
+            if not self.file_groups:
+                return None
+            self.spark.sparkContext.setJobDescription(f"filterspark analyze: {description}")
+            groups = self.file_groups
+            rdd = self.spark.sparkContext.parallelize(groups, len(groups)).map(lambda group: task(read_files(group)))
+            return rdd.treeReduce(merge, depth=2)
+        results = self.map(task, description)
+        return functools.reduce(merge, results) if results else None
+
+
+def _pickled(task: BatchTask):
+    def run(batches):
+        import pyarrow as pa
+
+        result = pickle.dumps(task(iter(batches)), protocol=pickle.HIGHEST_PROTOCOL)
+        yield pa.RecordBatch.from_arrays([pa.array([result], type=pa.binary())], names=["result"])
+
+    return run
+
+
+def read_files(group: Iterable[tuple[str, int]], batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
+    """Arrow batches of :data:`SCAN_COLUMNS` from Parquet files of one ``model_id`` each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path, model_id in group:
+        with pq.ParquetFile(path) as file:
+            names = set(file.schema_arrow.names)
+            columns = [c for c in SCAN_COLUMNS if c in names and c != "model_id"]
+            for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
+                n = batch.num_rows
+                arrays = {c: batch.column(c) for c in columns}
+                arrays["model_id"] = pa.array([model_id] * n, type=pa.int64()) if n else pa.array([], pa.int64())
+                if "conv_depth_norm" not in arrays:
+                    arrays["conv_depth_norm"] = pa.nulls(n, pa.float64())
+                yield pa.RecordBatch.from_arrays([arrays[c] for c in SCAN_COLUMNS], names=list(SCAN_COLUMNS))
+
+
+def _local_path(uri: str) -> str | None:
+    """A local file system path for a ``file:`` URI (or plain path), else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path)
+    return None
+
+
+def _unreadable_features(spark: SparkSession, path: str) -> list[str]:
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first().asDict()
+    features = set(detail.get("tableFeatures") or [])
+    props = detail.get("properties") or {}
+    found = [f for f in _UNREADABLE_FEATURES if f in features]
+    if props.get("delta.columnMapping.mode", "none") != "none" and "columnMapping" not in found:
+        found.append("columnMapping")
+    return found
+
+
+def plan_file_groups(files: list[tuple[str, int, int]], parallelism: int) -> list[list[tuple[str, int]]]:
+    """Spread ``(path, model_id, size)`` over tasks of about :data:`TASK_BYTES` (at least
+    ``parallelism`` tasks when there are that many files), largest first onto the
+    lightest task, so tasks finish together."""
+    if not files:
+        return []
+    total = sum(size for _, _, size in files)
+    n_tasks = max(1, min(len(files), max(parallelism, -(-total // TASK_BYTES))))
+    loads = [0] * n_tasks
+    groups: list[list[tuple[str, int]]] = [[] for _ in range(n_tasks)]
+    for path, model_id, size in sorted(files, key=lambda f: (-f[2], f[0])):
+        i = loads.index(min(loads))
+        groups[i].append((path, model_id))
+        loads[i] += max(size, 1)
+    return [g for g in groups if g]
+
+
+def file_scan(spark: SparkSession, filters_path: str, model_ids: set[int]) -> tuple[list | None, str]:
+    """File groups of the current snapshot for ``model_ids``, or (None, why not)."""
+    import os
+
+    unreadable = _unreadable_features(spark, filters_path)
+    if unreadable:
+        return None, f"the filters table uses {', '.join(unreadable)}"
+    files: list[tuple[str, int, int]] = []
+    for uri in spark.read.format("delta").load(filters_path).inputFiles():
+        path = _local_path(uri)
+        if path is None:
+            return None, f"data files are not on a local file system ({uri.split(':', 1)[0]}:)"
+        match = _MODEL_DIR.search(path)
+        if match is None:
+            return None, "the filters table is not partitioned by model_id"
+        model_id = int(match.group(1))
+        if model_id in model_ids:
+            files.append((path, model_id, os.path.getsize(path)))
+    return plan_file_groups(files, spark.sparkContext.defaultParallelism), ""
+
+
+def filter_scan(
+    spark: SparkSession,
+    filters_path: str,
+    model_ids: set[int],
+    frame: Callable[[], DataFrame],
+    mode: str = "auto",
+    model_level_scope: bool = True,
+) -> FilterScan:
+    """The scan for one analysis: the files path when ``mode`` allows it and the scope is
+    a set of whole models (``model_level_scope``), else ``frame()`` (a DataFrame of
+    :data:`SCAN_COLUMNS`, already scoped)."""
+    if mode not in ("auto", "files", "spark"):
+        raise ValueError(f"scan mode must be auto, files or spark, not {mode!r}")
+    reason = "--scan spark"
+    if mode != "spark":
+        if not model_level_scope:
+            reason = "the --where predicate uses filter-level columns"
+        else:
+            groups, reason = file_scan(spark, filters_path, model_ids)
+            if groups is not None:
+                return FilterScan(spark, file_groups=groups)
+        if mode == "files":
+            raise ValueError(f"--scan files is not possible: {reason}")
+    return FilterScan(spark, frame=frame().select(*[F.col(c) for c in SCAN_COLUMNS]), reason=reason)
