@@ -15,6 +15,10 @@ with depth (deeper layers look more random) and depends on the family, plus a
 per-layer offset, isotropic noise, a per-layer scale (~ He init), a few all-zero
 filters and a few near-sparse layers. Models have lognormal sizes and 10–40 layers.
 
+``--replicate-from DIR --copies K`` builds a K times larger warehouse from generated
+data in Spark alone (new model ids, each copy's filters a different signed symmetry of
+the 3x3 kernel): the 200M benchmark set is 10 copies of the 20M one.
+
 Generation is streaming: the driver plans chunks of at most ``CHUNK_ROWS`` rows of one
 layer; each Spark task generates its chunks one at a time with numpy (seeded by
 model, layer and chunk, so the rows do not depend on the partitioning) and Spark writes
@@ -264,6 +268,73 @@ def generate(spark, out: Path, n: int, n_models: int | None = None, seed: int = 
     return manifest
 
 
+def dihedral_permutations() -> list[list[int]]:
+    """The 8 symmetries of a 3x3 kernel (rotations, with and without transposition) as
+    index permutations of ``w0..w8`` (row-major): ``new[i] = old[perm[i]]``."""
+    idx = np.arange(9).reshape(3, 3)
+    return [np.rot90(a, k).reshape(-1).tolist() for a in (idx, idx.T) for k in range(4)]
+
+
+def replicate(spark, source: dict, out: Path, copies: int) -> dict:
+    """A ``copies`` times larger warehouse from a generated one, entirely in Spark's JVM
+    (Parquet → Parquet, no Python per row): copy ``k`` has new model ids and every filter
+    transformed by the ``k``-th of the 16 signed symmetries of the 3x3 kernel (rotations,
+    transposition, negation), so no two copies hold the same filter. Minutes instead of
+    the generator's hour at 200M; the structure (groups, depths, spectrum) is the source's."""
+    import functools
+
+    from pyspark.sql import functions as F
+
+    from filterspark.schemas import FILTERS, LAYERS, MODELS, WEIGHT_COLUMNS
+    from filterspark.session import DEFAULT_DATABASE, register_tables, table_path
+    from filterspark.tables import ensure_table
+
+    if not 1 <= copies <= 16:
+        raise SystemExit("--copies must be 1..16 (the signed symmetries of a 3x3 kernel)")
+    started = time.perf_counter()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    wh = str(out / "warehouse")
+    src = {t: spark.read.format("delta").load(table_path(source["warehouse"], source["database"], t))
+           for t in ("filters", "layers", "models")}
+    perms = dihedral_permutations()
+
+    def new_id(k: int):
+        return F.col("model_id") if k == 0 else F.xxhash64(F.col("model_id"), F.lit(k))
+
+    def copy(table: str, k: int):
+        df = src[table].withColumn("model_id", new_id(k))
+        if table == "filters":
+            sign = -1.0 if k >= 8 else 1.0
+            perm = perms[k % 8]
+            df = df.select(*[
+                (F.col(WEIGHT_COLUMNS[perm[WEIGHT_COLUMNS.index(c)]]) * F.lit(sign)).cast("float").alias(c)
+                if c in WEIGHT_COLUMNS else F.col(c) for c in (f.name for f in FILTERS.fields)
+            ])
+        if table == "models":
+            df = df.withColumn("name", F.concat(F.col("name"), F.lit(f"-copy{k}")))
+        return df.select(*[f.name for f in {"filters": FILTERS, "layers": LAYERS, "models": MODELS}[table].fields])
+
+    paths = {}
+    for table in ("filters", "layers", "models"):
+        paths[table] = ensure_table(spark, wh, DEFAULT_DATABASE, table)
+        spark.sparkContext.setJobDescription(f"make_filters: {copies} copies of {table}")
+        frames = [copy(table, k) for k in range(copies)]
+        functools.reduce(lambda a, b: a.unionByName(b), frames).write.format("delta").mode("append").save(paths[table])
+    register_tables(spark, wh, DEFAULT_DATABASE)
+    models = spark.read.format("delta").load(paths["models"]).select("model_id", "name", "filters_3x3").collect()
+    manifest = {
+        "n_filters": source["n_filters"] * copies, "n_models": len(models), "seed": source["seed"],
+        "replicated_from": source["warehouse"], "copies": copies, "warehouse": wh, "database": DEFAULT_DATABASE,
+        "parquet": None, "parquet_bytes": None, "delta_bytes": _du(Path(paths["filters"])),
+        "seconds": time.perf_counter() - started, "delta_seconds": time.perf_counter() - started,
+        "models": [{"model_id": r.model_id, "name": r.name, "n_filters": r.filters_3x3} for r in models],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
 def load_manifest(out: Path) -> dict:
     path = Path(out) / "manifest.json"
     if not path.is_file():
@@ -307,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-parquet", action="store_true", help="skip the Parquet copy (in-memory baselines need it)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--quick", action="store_true", help="20k filters in a temporary directory, checks only")
+    p.add_argument("--replicate-from", type=Path, help="instead of generating: --copies copies of this generated data")
+    p.add_argument("--copies", type=int, default=10, help="with --replicate-from (1..16, default 10)")
     args = p.parse_args(argv)
     if args.quick:
         args.n = 20_000
@@ -316,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tmp.name) / "data" if tmp else args.out
     print(common.machine_line())
     spark = common.spark_session("bench-make-filters", args.master, quick=args.quick)
-    manifest = generate(spark, out, args.n, args.models, args.seed, args.rows_per_task, not args.no_parquet)
+    if args.replicate_from:
+        manifest = replicate(spark, load_manifest(args.replicate_from), out, args.copies)
+    else:
+        manifest = generate(spark, out, args.n, args.models, args.seed, args.rows_per_task, not args.no_parquet)
     print(f"wrote {manifest['n_filters']:,} filters of {manifest['n_models']} models in {manifest['seconds']:.1f} s "
           f"(Delta {manifest['delta_bytes'] / 2**20:.0f} MiB in {manifest['delta_seconds']:.1f} s"
           + (f", Parquet {manifest['parquet_bytes'] / 2**20:.0f} MiB" if manifest["parquet"] else "") + f") to {out}")

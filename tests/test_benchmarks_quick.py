@@ -49,6 +49,29 @@ def test_make_filters_quick(quick_data: Path) -> None:
     assert any((quick_data / "parquet" / "filters").glob("*.parquet"))
 
 
+def test_replicate_quick(quick_data: Path, tmp_path: Path) -> None:
+    """``--replicate-from``: K copies with new model ids, each a different kernel symmetry;
+    the script's own checks (rows per model as planned) pass."""
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "x3"
+    run_script("make_filters.py", "--replicate-from", str(quick_data), "--copies", "3", "--out", str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    source = json.loads((quick_data / "manifest.json").read_text())
+    assert manifest["n_filters"] == 3 * source["n_filters"] and manifest["n_models"] == 3 * source["n_models"]
+    assert len({m["model_id"] for m in manifest["models"]}) == manifest["n_models"]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from make_filters import dihedral_permutations
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    perms = dihedral_permutations()
+    assert len({tuple(p) for p in perms}) == 8 and perms[0] == list(range(9))
+    assert np.array(perms[1]).reshape(3, 3).tolist() == np.rot90(np.arange(9).reshape(3, 3)).tolist()
+
+
 def test_pca_quick_agrees(quick_data: Path) -> None:
     stdout = run_script("pca.py", "--data", str(quick_data))
     assert "ours vs mllib: explained-variance ratios agree" in stdout
