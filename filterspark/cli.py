@@ -306,6 +306,23 @@ def run_import_filterdb(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report / notebook -----------------------------------------------------------------------
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import report
+
+    _add_common(parser)
+    report.add_arguments(parser)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Every figure and the summary tables as a static HTML page."""
+    from . import report
+
+    return report.run(args)
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -320,6 +337,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         add_import_filterdb_arguments,
         run_import_filterdb,
     ),
+    "report": ("every figure and the summary tables as a static HTML page", add_report_arguments, run_report),
 }
 
 
