@@ -323,6 +323,19 @@ def run_report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import notebook
+
+    notebook.add_arguments(parser)
+
+
+def run_notebook(args: argparse.Namespace) -> int:
+    """Execute a Databricks source notebook locally."""
+    from . import notebook
+
+    return notebook.run(args)
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -338,6 +351,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         run_import_filterdb,
     ),
     "report": ("every figure and the summary tables as a static HTML page", add_report_arguments, run_report),
+    "notebook": ("run a Databricks source notebook locally (notebook run X.py)", add_notebook_arguments, run_notebook),
 }
 
 
