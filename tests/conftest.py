@@ -60,3 +60,19 @@ def use_warehouse(spark):
         register_tables(spark, warehouse, database)
 
     return _use
+
+
+@pytest.fixture(scope="session")
+def analyzed_warehouse(spark, demo_warehouse, tmp_path_factory):
+    """A copy of the demo warehouse (``demo_warehouse`` stays untouched) with one analysis
+    run (default dimensions) written; ``analysis`` is the run's AnalyzeReport."""
+    import shutil
+
+    from filterspark.analyze_job import AnalyzeOptions, run_analysis
+    from filterspark.session import register_tables
+
+    warehouse = str(tmp_path_factory.mktemp("analyzed") / "warehouse")
+    shutil.copytree(demo_warehouse["warehouse"], warehouse)
+    register_tables(spark, warehouse)
+    report = run_analysis(spark, AnalyzeOptions(warehouse=warehouse))
+    return {**demo_warehouse, "warehouse": warehouse, "analysis": report}
