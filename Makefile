@@ -1,5 +1,6 @@
 # filterspark — the two front-door commands (see README.md):
-#   make demo   install, then run the extraction (+ analysis) job on the built-in demo zoo
+#   make demo   install, then run the extraction + analysis jobs on the built-in demo zoo
+#               and write the HTML report (report/index.html)
 #   make test   install, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,6 +26,7 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/spark-submit jobs/extract.py
 	$(BIN)/spark-submit jobs/analyze.py
+	$(BIN)/filterspark report --warehouse ./warehouse --out ./report
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
