@@ -35,8 +35,8 @@ from .filter_scan import FilterScan, filter_scan
 from .pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
 from .schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
 from .session import DEFAULT_DATABASE, register_tables, table_path
-from .shifts import N_BINS, batch_range, bin_edges, combine_ranges, normalised_histogram, shift_matrix
-from .tables import ensure_table, replace_rows, rows_frame
+from .shifts import N_BINS, bin_edges, combine_ranges, normalised_histogram, shift_matrix
+from .tables import append_rows, ensure_table, rows_frame
 
 #: ``--by`` default: those of these that exist (``variant`` is a metadata key of the demo zoo).
 DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_decile", "variant")
@@ -193,15 +193,27 @@ def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFr
 
 
 def _weights(batch) -> np.ndarray:
-    return np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in WEIGHT_COLUMNS]).astype(np.float64)
+    """The batch's weights as a (9, n) float32 array (one contiguous row per weight)."""
+    return np.stack([batch.column(c).to_numpy(zero_copy_only=False) for c in WEIGHT_COLUMNS])
 
 
 def _scaled_rows(batch) -> tuple[np.ndarray, np.ndarray]:
-    """(scaled filters, kept-row mask) of a scan batch: rows with a non-finite weight are
-    left out, as :func:`analysis_input` leaves them out."""
-    w = _weights(batch)
-    keep = np.isfinite(w).all(axis=1)
-    return scale_filters(w if keep.all() else w[keep]), keep
+    """(scaled filters (n, 9) float64, kept-row mask) of a scan batch: rows with a
+    non-finite weight are left out, as :func:`analysis_input` leaves them out.
+
+    The values of :func:`pca.scale_filters`, computed weight-major (the result is the
+    transposed view of a (9, n) array: contiguous per weight, which the moments and
+    :func:`pca.project` stream fastest). The peak |w| is exact in float32, and a NaN or
+    inf weight makes it non-finite, so one test on the peaks finds those rows.
+    """
+    w32 = _weights(batch)
+    peak = np.abs(w32).max(axis=0)
+    keep = np.isfinite(peak)
+    if not keep.all():
+        w32, peak = w32[:, keep], peak[keep]
+    w = w32.astype(np.float64)
+    np.divide(w, peak, out=w, where=peak > 0)
+    return w.T, keep
 
 
 def _moments_task(batches) -> FilterMoments:
@@ -224,9 +236,9 @@ def _range_task(basis: PCABasis):
         lo, hi = float("inf"), float("-inf")
         for batch in batches:
             x, _ = _scaled_rows(batch)
-            if x.shape[0]:
-                b_lo, b_hi = batch_range(project(x, basis))
-                lo, hi = min(lo, b_lo), max(hi, b_hi)
+            if x.shape[0]:  # finite rows only, so every coefficient is finite
+                c = project(x, basis)
+                lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
         return lo, hi
 
     return task
@@ -293,7 +305,7 @@ def _coefficient_task(basis: PCABasis):
 
         schema = arrow_schema(_without_run(COEFFICIENTS))
         for batch in batches:
-            c = project(scale_filters(_weights(batch)), basis)
+            c = project(scale_filters(_weights(batch).T), basis)
             keys = [batch.column(k) for k in ("model_id", "layer_index", "filter_index")]
             yield pa.RecordBatch.from_arrays([*keys, *[pa.array(c[:, i]) for i in range(N_WEIGHTS)]], schema=schema)
 
@@ -323,13 +335,18 @@ def _is_model_level(models: DataFrame, where: str | None) -> bool:
         return False
 
 
-def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, models: DataFrame) -> FilterScan:
-    """The filters scan of one run: whole models' data files when the scope allows it."""
+def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, models: DataFrame,
+              ok_ids: set[int] | None = None) -> FilterScan:
+    """The filters scan of one run: whole models' data files when the scope allows it.
+    ``ok_ids``: the ok models' ids when the caller has them already."""
     model_level = _is_model_level(models, options.where)
-    in_scope = models.where(F.expr(options.where)) if model_level and options.scope != ALL else models
     ids: set[int] = set()
     if options.scan != "spark" and model_level:
-        ids = {int(r[0]) for r in in_scope.select("model_id").collect()}
+        if options.scope == ALL and ok_ids is not None:
+            ids = set(ok_ids)
+        else:
+            in_scope = models.where(F.expr(options.where)) if options.scope != ALL else models
+            ids = {int(r[0]) for r in in_scope.select("model_id").collect()}
     path = table_path(options.warehouse, options.database, "filters")
     try:
         return filter_scan(spark, path, ids, lambda: joined, options.scan, model_level)
@@ -462,6 +479,17 @@ def _extremes(rows: list[dict]) -> dict[str, tuple[tuple, tuple]]:
 # --- the job -----------------------------------------------------------------------------------
 
 
+def _registered(spark: SparkSession, options: AnalyzeOptions, tables: list[str]) -> bool:
+    """Whether the names already point at this warehouse and every table written has its
+    ``_latest`` view (registration re-reads every table's log: seconds, so skipped)."""
+    from .session import registered_warehouse, warehouse_uri
+
+    db = options.database
+    return registered_warehouse(spark, db) == warehouse_uri(options.warehouse) and all(
+        spark.catalog.tableExists(f"{db}.{t}_latest") for t in tables
+    )
+
+
 def new_run(scope: str) -> dict:
     """Run identity: ``run_id`` sorts by start time (UTC, microseconds) then a random suffix."""
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -495,12 +523,12 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     report.dimensions = names
     n = len(names)  # label columns: _g0.._g{n-1} dimensions, _g{n} "all", _g{n+1} the model
 
-    scan = plan_scan(spark, options, joined, models)
-    report.scan = scan.mode if scan.mode == "files" else f"spark ({scan.reason})"
     model_level = [i for i, name in enumerate(names) if name != DEPTH_DIMENSION]
     exprs = list(dims.values())
     label_rows = models.select("model_id", "name", *[exprs[i].alias(names[i]) for i in model_level]).collect()
     model_labels = {r["model_id"]: r.asDict() for r in label_rows}
+    scan = plan_scan(spark, options, joined, models, set(model_labels))
+    report.scan = scan.mode if scan.mode == "files" else f"spark ({scan.reason})"
     labels = GroupLabels(tuple(names), {m: tuple(r[names[i]] for i in model_level) for m, r in model_labels.items()})
     phase("plan", "moments")
 
@@ -533,11 +561,12 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
 
     from . import schemas as S
 
-    predicate = f"run_id = '{run['run_id']}'"
 
     def write(name: str, df: DataFrame) -> None:
         path = ensure_table(spark, options.warehouse, options.database, name, ANALYSIS_TABLES[name])
-        replace_rows(df, path, predicate, f"write {name}")
+        # An append: the run id is new, so no earlier row can match it. (A replaceWhere on
+        # the non-partition run_id costs a delete scan: ~10x an append, measured.)
+        append_rows(df, path, f"write {name}")
         report.tables.append(name)
 
     hist = spark.createDataFrame(
@@ -569,7 +598,8 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
         "explained_variance_ratio": [float(v) for v in evr], "write_coefficients": options.write_coefficients,
     }
     write("analysis_runs", rows_frame(spark, [summary], S.ANALYSIS_RUNS))
-    register_tables(spark, options.warehouse, options.database)
+    if not _registered(spark, options, report.tables):
+        register_tables(spark, options.warehouse, options.database)
     phase("write")
     report.seconds = time.perf_counter() - started
     return report

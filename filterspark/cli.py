@@ -153,6 +153,11 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-group-filters", type=int, default=None, help="groups with fewer filters are marked small (default 10 per bin)"
     )
+    parser.add_argument(
+        "--scan", choices=("auto", "files", "spark"), default="auto",
+        help="how executors read filters: the Delta snapshot's Parquet files with pyarrow (files), "
+        "or Spark's reader (spark); auto: files when the scope is whole models and the table allows it",
+    )
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -169,6 +174,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         where=args.where,
         write_coefficients=args.write_coefficients,
         min_group_filters=args.min_group_filters,
+        scan=args.scan,
     )
     spark = build_session(app_name="filterspark-analyze", warehouse=args.warehouse, database=args.database)
     try:

@@ -93,6 +93,7 @@ def _pickled(task: BatchTask):
 
 def read_files(group: Iterable[tuple[str, int]], batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
     """Arrow batches of :data:`SCAN_COLUMNS` from Parquet files of one ``model_id`` each."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -103,7 +104,7 @@ def read_files(group: Iterable[tuple[str, int]], batch_rows: int = BATCH_ROWS) -
             for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
                 n = batch.num_rows
                 arrays = {c: batch.column(c) for c in columns}
-                arrays["model_id"] = pa.array([model_id] * n, type=pa.int64()) if n else pa.array([], pa.int64())
+                arrays["model_id"] = pa.array(np.full(n, model_id, dtype=np.int64))
                 if "conv_depth_norm" not in arrays:
                     arrays["conv_depth_norm"] = pa.nulls(n, pa.float64())
                 yield pa.RecordBatch.from_arrays([arrays[c] for c in SCAN_COLUMNS], names=list(SCAN_COLUMNS))

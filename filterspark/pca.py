@@ -209,18 +209,24 @@ def project(x_scaled: np.ndarray, basis: PCABasis) -> np.ndarray:
     """Coefficients ``(x - mean) @ components.T``, (n, 9).
 
     Evaluated as an explicit element-wise sum over the 9 weights in a fixed order (no
-    BLAS), so each row's result is bit-identical however the rows are batched.
+    BLAS), so each row's result is bit-identical however the rows are batched or laid
+    out. Computed component-major (the result is the transposed view of a (9, n) array).
     """
     x = _as_filters(x_scaled)
     mean = np.asarray(basis.mean, dtype=np.float64)
     comp = np.asarray(basis.components, dtype=np.float64)
-    out = np.empty((x.shape[0], comp.shape[0]))
-    tmp = np.empty((min(x.shape[0], _ROWS), comp.shape[0]))
-    for s in range(0, x.shape[0], _ROWS):  # cache-sized blocks; element-wise, so exact
-        d = x[s : s + _ROWS] - mean
-        o, t = out[s : s + _ROWS], tmp[: d.shape[0]]
-        np.multiply(d[:, 0:1], comp[:, 0], out=o)
-        for j in range(1, N_WEIGHTS):
-            np.multiply(d[:, j : j + 1], comp[:, j], out=t)
-            o += t
-    return out
+    k, n = comp.shape[0], x.shape[0]
+    out = np.empty((k, n))
+    tmp = np.empty(min(n, _ROWS))
+    d = np.empty((N_WEIGHTS, min(n, _ROWS)))
+    for s in range(0, n, _ROWS):  # cache-sized blocks; element-wise, so exact
+        e = min(s + _ROWS, n)
+        dd, t = d[:, : e - s], tmp[: e - s]
+        np.subtract(x[s:e].T, mean[:, None], out=dd)
+        for c in range(k):
+            o = out[c, s:e]
+            np.multiply(dd[0], comp[c, 0], out=o)
+            for j in range(1, N_WEIGHTS):
+                np.multiply(dd[j], comp[c, j], out=t)
+                o += t
+    return out.T

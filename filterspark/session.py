@@ -198,6 +198,16 @@ def _list_table_dirs(spark, db_location: str) -> list[str]:
     return sorted(names)
 
 
+#: (Spark application id, database) → the warehouse URI its names were last registered for.
+_REGISTERED: dict[tuple[str, str], str] = {}
+
+
+def registered_warehouse(spark, database: str = DEFAULT_DATABASE) -> str | None:
+    """The warehouse (URI) whose tables :func:`register_tables` last named in ``database``
+    in this Spark application, or None."""
+    return _REGISTERED.get((spark.sparkContext.applicationId, database))
+
+
 def register_tables(spark, warehouse: str, database: str = DEFAULT_DATABASE) -> list[str]:
     """Register every Delta table under ``<warehouse>/<database>.db`` as ``database.table``."""
     db_location = f"{warehouse_uri(warehouse)}/{database}.db"
@@ -213,6 +223,7 @@ def register_tables(spark, warehouse: str, database: str = DEFAULT_DATABASE) -> 
             spark.sql(f"DROP TABLE {qualified}")
         spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
     _register_views(spark, database, names)
+    _REGISTERED[(spark.sparkContext.applicationId, database)] = warehouse_uri(warehouse)
     return names
 
 

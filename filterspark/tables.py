@@ -97,6 +97,11 @@ def replace_rows(df: DataFrame, path: str, predicate: str, what: str) -> None:
     )
 
 
+def append_rows(df: DataFrame, path: str, what: str) -> None:
+    """Append ``df`` to the Delta table at ``path`` (one commit; for rows with new keys)."""
+    with_conflict_retry(lambda: df.write.format("delta").mode("append").save(path), what)
+
+
 def upsert_rows(spark: SparkSession, df: DataFrame, path: str, keys: Iterable[str], what: str) -> None:
     """MERGE ``df`` into the Delta table at ``path`` on ``keys`` (update all / insert all)."""
     from delta.tables import DeltaTable
