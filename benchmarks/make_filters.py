@@ -16,8 +16,9 @@ per-layer offset, isotropic noise, a per-layer scale (~ He init), a few all-zero
 filters and a few near-sparse layers. Models have lognormal sizes and 10–40 layers.
 
 ``--replicate-from DIR --copies K`` builds a K times larger warehouse from generated
-data in Spark alone (new model ids, each copy's filters a different signed symmetry of
-the 3x3 kernel): the 200M benchmark set is 10 copies of the 20M one.
+data (new model ids, each copy's filters a different signed symmetry of the 3x3 kernel;
+data files rewritten with pyarrow and made a table with ``CONVERT TO DELTA``): the 200M
+benchmark set is 10 copies of the 20M one, in minutes instead of the generator's hour.
 
 Generation is streaming: the driver plans chunks of at most ``CHUNK_ROWS`` rows of one
 layer; each Spark task generates its chunks one at a time with numpy (seeded by
@@ -275,17 +276,52 @@ def dihedral_permutations() -> list[list[int]]:
     return [np.rot90(a, k).reshape(-1).tolist() for a in (idx, idx.T) for k in range(4)]
 
 
-def replicate(spark, source: dict, out: Path, copies: int) -> dict:
-    """A ``copies`` times larger warehouse from a generated one, entirely in Spark's JVM
-    (Parquet → Parquet, no Python per row): copy ``k`` has new model ids and every filter
-    transformed by the ``k``-th of the 16 signed symmetries of the 3x3 kernel (rotations,
-    transposition, negation), so no two copies hold the same filter. Minutes instead of
-    the generator's hour at 200M; the structure (groups, depths, spectrum) is the source's."""
-    import functools
+def replica_id(model_id: int, copy: int) -> int:
+    """Model id of copy ``copy`` (copy 0 keeps the source's ids)."""
+    import hashlib
+
+    if copy == 0:
+        return int(model_id)
+    digest = hashlib.blake2b(f"{model_id}:{copy}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def _replicate_file(job: tuple[str, str, int]) -> int:
+    """Write one source data file's rows as copy ``k``: the weight columns permuted by the
+    k-th kernel symmetry (a column rename, no copy) and negated for k >= 8."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    source, target, k = job
+    table = pq.read_table(source)
+    perm = dihedral_permutations()[k % 8]
+    weights = [f"w{i}" for i in range(9)]
+    columns = []
+    for name in table.column_names:
+        column = table.column(f"w{perm[weights.index(name)]}") if name in weights else table.column(name)
+        if name in weights and k >= 8:
+            column = pc.negate(column)
+        columns.append(column)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns, schema=table.schema), target, compression="snappy")
+    return table.num_rows
+
+
+def replicate(spark, source: dict, out: Path, copies: int, workers: int = 2) -> dict:
+    """A ``copies`` times larger warehouse from a generated one, in minutes: copy ``k`` of
+    every data file gets new model ids and every filter transformed by the ``k``-th of the
+    16 signed symmetries of the 3x3 kernel (rotations, transposition, negation), so no two
+    copies hold the same filter. The files are rewritten with pyarrow (a process per core)
+    and made a Delta table with ``CONVERT TO DELTA``; ``models`` and ``layers`` are copied
+    in Spark. The structure (groups, depths, spectrum) is the source's."""
+    import re
+    from concurrent.futures import ProcessPoolExecutor
+    from urllib.parse import unquote, urlparse
 
     from pyspark.sql import functions as F
 
-    from filterspark.schemas import FILTERS, LAYERS, MODELS, WEIGHT_COLUMNS
+    from filterspark.schemas import FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
     from filterspark.session import DEFAULT_DATABASE, register_tables, table_path
     from filterspark.tables import ensure_table
 
@@ -296,38 +332,39 @@ def replicate(spark, source: dict, out: Path, copies: int) -> dict:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     wh = str(out / "warehouse")
-    src = {t: spark.read.format("delta").load(table_path(source["warehouse"], source["database"], t))
-           for t in ("filters", "layers", "models")}
-    perms = dihedral_permutations()
+    src = {t: table_path(source["warehouse"], source["database"], t) for t in ("filters", "layers", "models")}
+    filters_dir = Path(urlparse(table_path(wh, DEFAULT_DATABASE, "filters")).path)
+    jobs = []
+    for uri in spark.read.format("delta").load(src["filters"]).inputFiles():
+        path = unquote(urlparse(uri).path)
+        model_id = int(re.search(r"model_id=(-?\d+)", path).group(1))
+        for k in range(copies):
+            target = filters_dir / f"model_id={replica_id(model_id, k)}" / f"copy{k}-{Path(path).name}"
+            jobs.append((path, str(target), k))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        rows = sum(pool.map(_replicate_file, jobs, chunksize=4))
+    (partition,) = FILTERS_PARTITION_COLUMNS
+    # NO STATISTICS: collecting per-file column stats would read every row again in the JVM
+    spark.sql(f"CONVERT TO DELTA parquet.`{filters_dir}` NO STATISTICS PARTITIONED BY ({partition} BIGINT)")
 
-    def new_id(k: int):
-        return F.col("model_id") if k == 0 else F.xxhash64(F.col("model_id"), F.lit(k))
-
-    def copy(table: str, k: int):
-        df = src[table].withColumn("model_id", new_id(k))
-        if table == "filters":
-            sign = -1.0 if k >= 8 else 1.0
-            perm = perms[k % 8]
-            df = df.select(*[
-                (F.col(WEIGHT_COLUMNS[perm[WEIGHT_COLUMNS.index(c)]]) * F.lit(sign)).cast("float").alias(c)
-                if c in WEIGHT_COLUMNS else F.col(c) for c in (f.name for f in FILTERS.fields)
-            ])
+    ids = spark.createDataFrame(
+        [(int(r.model_id), k, replica_id(r.model_id, k))
+         for r in spark.read.format("delta").load(src["models"]).select("model_id").collect() for k in range(copies)],
+        "model_id long, copy int, new_id long",
+    )
+    for table, schema in (("layers", LAYERS), ("models", MODELS)):
+        path = ensure_table(spark, wh, DEFAULT_DATABASE, table)
+        df = spark.read.format("delta").load(src[table]).join(ids, "model_id").withColumn("model_id", F.col("new_id"))
         if table == "models":
-            df = df.withColumn("name", F.concat(F.col("name"), F.lit(f"-copy{k}")))
-        return df.select(*[f.name for f in {"filters": FILTERS, "layers": LAYERS, "models": MODELS}[table].fields])
-
-    paths = {}
-    for table in ("filters", "layers", "models"):
-        paths[table] = ensure_table(spark, wh, DEFAULT_DATABASE, table)
-        spark.sparkContext.setJobDescription(f"make_filters: {copies} copies of {table}")
-        frames = [copy(table, k) for k in range(copies)]
-        functools.reduce(lambda a, b: a.unionByName(b), frames).write.format("delta").mode("append").save(paths[table])
+            df = df.withColumn("name", F.concat(F.col("name"), F.lit("-copy"), F.col("copy").cast("string")))
+        df.select(*[f.name for f in schema.fields]).write.format("delta").mode("append").save(path)
     register_tables(spark, wh, DEFAULT_DATABASE)
-    models = spark.read.format("delta").load(paths["models"]).select("model_id", "name", "filters_3x3").collect()
+    models = spark.read.format("delta").load(table_path(wh, DEFAULT_DATABASE, "models")).select(
+        "model_id", "name", "filters_3x3").collect()
     manifest = {
-        "n_filters": source["n_filters"] * copies, "n_models": len(models), "seed": source["seed"],
+        "n_filters": rows, "n_models": len(models), "seed": source["seed"],
         "replicated_from": source["warehouse"], "copies": copies, "warehouse": wh, "database": DEFAULT_DATABASE,
-        "parquet": None, "parquet_bytes": None, "delta_bytes": _du(Path(paths["filters"])),
+        "parquet": None, "parquet_bytes": None, "delta_bytes": _du(filters_dir),
         "seconds": time.perf_counter() - started, "delta_seconds": time.perf_counter() - started,
         "models": [{"model_id": r.model_id, "name": r.name, "n_filters": r.filters_3x3} for r in models],
     }
