@@ -282,13 +282,12 @@ def _partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.nda
     def task(batches) -> co.PartitionAccumulator:
         acc = co.PartitionAccumulator(lo, hi, bins, ref, full)
         for batch in batches:
-            x, keep = _scaled_rows(batch)
-            model_ids = batch.column("model_id").to_numpy(zero_copy_only=False).astype(np.int64)
-            depth = batch.column("conv_depth_norm").to_numpy(zero_copy_only=False).astype(np.float64)
-            keep = keep & np.isin(model_ids, known)
-            if not keep.all():
-                x, _ = _scaled_rows(batch.filter(keep)) if keep.any() else (x[:0], None)
-                model_ids, depth = model_ids[keep], depth[keep]
+            x, finite = _scaled_rows(batch)
+            model_ids = batch.column("model_id").to_numpy(zero_copy_only=False).astype(np.int64)[finite]
+            depth = batch.column("conv_depth_norm").to_numpy(zero_copy_only=False).astype(np.float64)[finite]
+            known_rows = np.isin(model_ids, known)
+            if not known_rows.all():
+                x, model_ids, depth = x[known_rows], model_ids[known_rows], depth[known_rows]
             if x.shape[0]:
                 acc.add(x, project(x, basis), labels.codes(model_ids, depth))
         return acc

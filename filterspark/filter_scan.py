@@ -55,28 +55,24 @@ class FilterScan:
     def mode(self) -> str:
         return "files" if self.file_groups is not None else "spark"
 
-    def map(self, task: BatchTask, description: str) -> list[Any]:
-        """``task(batches)`` on every Spark task; the results (small objects) on the driver."""
+    def _file_results(self, task: BatchTask, description: str):
+        """The RDD of ``task(batches)`` per file group (files path only)."""
         sc = self.spark.sparkContext
         sc.setJobDescription(f"filterspark analyze: {description}")
-        if self.file_groups is not None:
-            if not self.file_groups:
-                return []
-            groups = self.file_groups
-            return sc.parallelize(groups, len(groups)).map(lambda group: task(read_files(group))).collect()
-        return [pickle.loads(r[0]) for r in self.frame.mapInArrow(_pickled(task), "result binary").collect()]
+        return sc.parallelize(self.file_groups, len(self.file_groups)).map(lambda group: task(read_files(group)))
 
+    def map(self, task: BatchTask, description: str) -> list[Any]:
+        """``task(batches)`` on every Spark task; the results (small objects) on the driver."""
+        if self.file_groups is not None:
+            return self._file_results(task, description).collect() if self.file_groups else []
+        self.spark.sparkContext.setJobDescription(f"filterspark analyze: {description}")
+        return [pickle.loads(r[0]) for r in self.frame.mapInArrow(_pickled(task), "result binary").collect()]
 
     def reduce(self, task: BatchTask, merge: Callable[[Any, Any], Any], description: str) -> Any:
         """``task`` on every Spark task, results merged with ``merge`` (on the executors,
         as a tree, for the files path); None when there is nothing to scan."""
         if self.file_groups is not None:
-            if not self.file_groups:
-                return None
-            self.spark.sparkContext.setJobDescription(f"filterspark analyze: {description}")
-            groups = self.file_groups
-            rdd = self.spark.sparkContext.parallelize(groups, len(groups)).map(lambda group: task(read_files(group)))
-            return rdd.treeReduce(merge, depth=2)
+            return self._file_results(task, description).treeReduce(merge, depth=2) if self.file_groups else None
         results = self.map(task, description)
         return functools.reduce(merge, results) if results else None
 

@@ -67,19 +67,7 @@ def histogram_counts_2d(coeffs: np.ndarray, lo: float, hi: float, bins: int = N_
     c = np.asarray(coeffs, dtype=np.float64)
     if c.ndim != 2:
         raise ValueError(f"expected an (n, k) coefficient array, got shape {c.shape}")
-    n, k = c.shape
-    edges = bin_edges(lo, hi, bins)
-    counts = np.zeros(k * bins, dtype=np.int64)
-    rows = max(1, _BLOCK // max(k, 1))
-    offsets = np.arange(k, dtype=np.intp) * bins
-    for s in range(0, n, rows):  # cache-sized blocks, like numpy's own loop
-        block = c[s : s + rows]
-        idx, mask = _bin_indices(block.reshape(-1), edges)
-        col = np.broadcast_to(offsets, block.shape).reshape(-1)
-        if mask is not None:
-            col = col[mask]
-        counts += np.bincount(idx + col, minlength=k * bins)
-    return counts.reshape(k, bins)
+    return counts_from_bin_ids(bin_ids_2d(c, lo, hi, bins), c.shape[1], bins)
 
 
 def bin_ids_2d(coeffs: np.ndarray, lo: float, hi: float, bins: int = N_BINS) -> np.ndarray:
