@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nextraction of {len(entries)} checkpoints ({size / 2**20:.0f} MiB, {written:,} 3x3 filters), "
           f"{args.master}, driver memory {procs.configured}, best of {args.repeat}")
     common.results_table([base, mine])
+    print("ours, last run: " + "; ".join(report.lines()[1:]))
     common.ratio_line("ratio ours / floor", mine, base, "<= 1.5", mine.seconds <= 1.5 * base.seconds, args.quick)
     print(f"ours: {written / mine.seconds / 2**20 * 36:,.1f} MiB of filter weights/s, floor {written / base.seconds / 2**20 * 36:,.1f}")
     print(f"command: {common.command_line()}")

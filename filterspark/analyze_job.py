@@ -32,6 +32,7 @@ from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from . import coefficients as co
 from .filter_scan import FilterScan, filter_scan
+from .phases import Phases
 from .pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
 from .schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
 from .session import DEFAULT_DATABASE, register_tables, table_path
@@ -495,26 +496,12 @@ def new_run(scope: str) -> dict:
     return {"run_id": now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3), "scope": scope, "run_at": now}
 
 
-class _Phases:
-    """Wall time per phase (for the report: where a run spends its time)."""
-
-    def __init__(self, sc, out: dict[str, float]) -> None:
-        self.sc, self.out, self.t = sc, out, time.perf_counter()
-
-    def __call__(self, finished: str, next_description: str | None = None) -> None:
-        now = time.perf_counter()
-        self.out[finished] = self.out.get(finished, 0.0) + now - self.t
-        self.t = now
-        if next_description:
-            self.sc.setJobDescription(f"filterspark analyze: {next_description}")
-
-
 def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     """Analyse the warehouse's filters and write the analysis tables (one run)."""
     started = time.perf_counter()
     run = new_run(options.scope)
     report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters)
-    phase = _Phases(spark.sparkContext, report.phases)
+    phase = Phases(spark.sparkContext, report.phases, "filterspark analyze")
 
     joined, models = analysis_input(spark, options)
     dims = resolve_dimensions(models, options.by)

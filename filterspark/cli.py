@@ -68,7 +68,10 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--catalog", help="CSV or JSON-lines model catalog; default: build and use the demo zoo")
     parser.add_argument("--zoo-dir", default=DEFAULT_ZOO_DIR, help="where the demo zoo is built when no catalog is given")
-    parser.add_argument("--models-per-task", type=int, default=1, help="catalog rows per Spark task (default 1)")
+    parser.add_argument(
+        "--models-per-task", type=int, default=None,
+        help="catalog rows per Spark task (default: about 4 tasks per core, balanced by file size)",
+    )
     parser.add_argument(
         "--gpus-per-task",
         type=float,
@@ -77,6 +80,11 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 1 when executors have GPUs, else 0)",
     )
     parser.add_argument("--force", action="store_true", help="re-extract models even when unchanged")
+    parser.add_argument(
+        "--write", choices=("auto", "files", "spark"), default="auto",
+        help="how filter rows reach Delta: files = tasks write Parquet with pyarrow, committed as one Delta "
+        "transaction (local/shared file systems); spark = mapInArrow + Delta writer; auto = files where possible",
+    )
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when any model failed")
     parser.add_argument(
         "--max-model-bytes",
@@ -125,6 +133,7 @@ def run_extract(args: argparse.Namespace) -> int:
         gpus_per_task=gpus,
         force=args.force,
         max_model_bytes=args.max_model_bytes,
+        write=args.write,
     )
     report = run_extraction(spark, entries, options)
     print(f"catalog: {catalog}")

@@ -3,30 +3,43 @@
 Stage 1 (executors): checksum every catalog file; the driver keeps only models whose
 fingerprint (checksum + catalog row + settings) changed, so re-running a catalog
 commits nothing. Stage 2 (executors, one model per task by default, on the task's GPU
-when Spark assigned one): load the model, stream its filter rows as Arrow batches into
-one Delta commit that replaces exactly those models' rows; the small per-model and
-per-layer summaries travel back through an accumulator. Then ``layers`` is replaced
-and ``models`` merged, last, as the commit record.
+when Spark assigned one): load the model and compute its layer metrics, then write its
+filter rows, one of two ways:
+
+* **files** (the fast path, for tables on a local or shared file system): each task
+  writes its models' rows as Parquet files into their ``model_id=`` partition
+  directories with pyarrow (:mod:`filter_files`) and returns the files' Delta ``add``
+  actions; the driver commits them all in one Delta transaction that also removes
+  those models' previous files (:func:`delta_files.replace_files`). No row passes
+  through the JVM.
+* **spark**: tasks stream Arrow batches through ``mapInArrow`` into one Delta
+  ``replaceWhere`` write (tables on object stores, or with Delta features that plain
+  Parquet files cannot satisfy; ``--write spark`` forces it).
+
+Either way the filters commit is one transaction for all models of the run; then
+``layers`` is replaced and ``models`` merged, last, as the commit record.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import SparkSession
 
 from .catalog import CatalogEntry
+from .delta_files import file_write_blockers, local_path, replace_files, rewrite_rows, table_detail
 from .devices import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
 from .quality import QualityThresholds
-from .schemas import FILTERS, LAYERS, MODELS
+from .phases import Phases
+from .schemas import FILTERS, FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
 from .session import DEFAULT_DATABASE, register_tables
-from .tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows
+from .tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows, with_conflict_retry
 
 log = logging.getLogger("filterspark.extract")
 
@@ -52,12 +65,15 @@ class ExtractOptions:
     warehouse: str
     database: str = DEFAULT_DATABASE
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
-    models_per_task: int = 1
+    #: catalog rows per Spark task; None: about four tasks per core (see plan_tasks)
+    models_per_task: int | None = None
     #: GPUs per extraction task; None: one when executors have GPUs (see devices.plan_gpus)
     gpus_per_task: float | None = None
     force: bool = False
     #: largest checkpoint a task loads; None: from the Spark conf (devices.max_model_bytes); 0: no limit
     max_model_bytes: int | str | None = None
+    #: how filter rows reach Delta: auto | files | spark (see the module docstring)
+    write: str = "auto"
 
     def settings_json(self) -> str:
         return json.dumps({"v": EXTRACTOR_VERSION, "thresholds": asdict(self.thresholds)}, sort_keys=True)
@@ -77,16 +93,22 @@ class ExtractReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     devices: dict[str, str] = field(default_factory=dict)
     gpu_plan: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
+    write: str = ""  # files | spark: the path the filter rows took
+    write_reason: str = ""  # why the spark path was taken
 
     def lines(self) -> list[str]:
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items())
         out = [
             f"models: {self.models_total} in catalog, {self.extracted} extracted "
             f"({self.ok} ok, {self.failed} failed), {self.skipped} unchanged",
             f"filters written: {self.filters_written:,}",
-            f"wall time: {self.seconds:.1f} s",
+            f"wall time: {self.seconds:.1f} s" + (f" ({phases})" if phases else ""),
         ]
         if self.gpu_plan:
             out.append(self.gpu_plan)
+        if self.write:
+            out.append(f"filters written by: {self.write}" + (f" ({self.write_reason})" if self.write_reason else ""))
         out += [f"  failed: {name}: {reason}" for name, reason in self.failures]
         return out
 
@@ -98,6 +120,8 @@ def fingerprint(entry: CatalogEntry, checksum: str | None, settings_json: str) -
 
 
 def _existing_fingerprints(spark: SparkSession, models_path: str, ids: list[int]) -> dict[int, str]:
+    if table_detail(spark, models_path).get("numFiles") == 0:
+        return {}  # a new warehouse: no query (a Spark job) needed
     df = spark.read.format("delta").load(models_path).where(id_predicate("model_id", ids))
     return {r.model_id: r.fingerprint for r in df.select("model_id", "fingerprint").collect()}
 
@@ -157,24 +181,56 @@ def _gpu_scheduling(spark: SparkSession, conf: dict[str, str], requested: float 
 TEST_DELAY_ENV = "FILTERSPARK_TEST_TASK_DELAY_S"
 
 
+#: Extraction tasks per core when ``models_per_task`` is not set: enough to balance
+#: uneven models, few enough that per-task overhead (~0.1 s) stays small.
+TASKS_PER_CORE = 4
+
+
+def plan_tasks(jobs: list[tuple[str, int | None]], cores: int, models_per_task: int | None = None) -> list[list[str]]:
+    """Group ``(payload, file size)`` jobs into tasks: ``len(jobs) / models_per_task`` tasks, or about
+    :data:`TASKS_PER_CORE` tasks per core; largest file first onto the lightest task, so
+    tasks carry similar bytes and one big model does not start last."""
+    if not jobs:
+        return []
+    if models_per_task:
+        n_tasks = -(-len(jobs) // max(1, models_per_task))
+    else:
+        n_tasks = min(len(jobs), max(1, cores) * TASKS_PER_CORE)
+    loads = [0] * n_tasks
+    groups: list[list[str]] = [[] for _ in range(n_tasks)]
+    for payload, size in sorted(jobs, key=lambda j: -(j[1] or 0)):
+        i = loads.index(min(loads))
+        groups[i].append(payload)
+        loads[i] += max(size or 0, 1)
+    order = sorted(range(n_tasks), key=lambda i: -loads[i])  # heaviest task first
+    return [groups[i] for i in order if groups[i]]
+
+
+def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds, delay: float):
+    """One model of a task: the payload built by the driver → its ``ModelExtraction``."""
+    from .extraction import extract_model
+
+    job = json.loads(payload)
+    entry = CatalogEntry.from_dict(job["entry"])
+    if delay:
+        time.sleep(delay)
+    result = extract_model(entry, device=device, thresholds=thresholds, checksum=job["checksum"])
+    result.summary["fingerprint"] = job["fingerprint"]
+    result.summary["device_note"] = note
+    return result
+
+
 def _make_task(accumulator, thresholds: QualityThresholds):
-    """The mapInArrow function: one input row per model → its filter rows."""
+    """The mapInArrow function (spark path): input rows of task groups → filter rows."""
 
     def extract_partition(batches):
         from .devices import task_device
-        from .extraction import extract_model
 
         device, note = task_device()
         delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
         for batch in batches:
-            for payload in batch.column(0).to_pylist():
-                job = json.loads(payload)
-                entry = CatalogEntry.from_dict(job["entry"])
-                if delay:
-                    time.sleep(delay)
-                result = extract_model(entry, device=device, thresholds=thresholds, checksum=job["checksum"])
-                result.summary["fingerprint"] = job["fingerprint"]
-                result.summary["device_note"] = note
+            for payload in (p for group in batch.column(0).to_pylist() for p in json.loads(group)):
+                result = _extract_job(payload, device, note, thresholds, delay)
                 yield from result.filter_batches()
                 accumulator.add([(result.summary, result.layers)])
                 result.loaded = None  # free the weights before the next model
@@ -182,14 +238,122 @@ def _make_task(accumulator, thresholds: QualityThresholds):
     return extract_partition
 
 
+def _make_file_task(thresholds: QualityThresholds, filters_root: str, file_tag: str):
+    """The task of the files path: payloads → ``(summary, layer rows, add actions)`` per model,
+    the filter rows written as Parquet files into the model's partition directory."""
+
+    def extract_partition(index, groups):
+        from .devices import task_device
+        from .filter_files import write_partition
+
+        device, note = task_device()
+        delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+        for payload in (p for group in groups for p in json.loads(group)):
+            result = _extract_job(payload, device, note, thresholds, delay)
+            partition = {"model_id": result.summary["model_id"]}
+            actions = write_partition(filters_root, partition, result.filter_batches(), f"{index:05d}-{file_tag}")
+            result.loaded = None
+            yield result.summary, result.layers, actions
+
+    return extract_partition
+
+
+def write_path(spark: SparkSession, filters_path: str, requested: str) -> tuple[str, str, str | None]:
+    """``(mode, reason, local root)``: whether extraction writes ``filters`` files itself."""
+    if requested not in ("auto", "files", "spark"):
+        raise ValueError(f"write mode must be auto, files or spark, not {requested!r}")
+    if requested == "spark":
+        return "spark", "--write spark", None
+    detail = table_detail(spark, filters_path)
+    blockers = file_write_blockers(detail)
+    if blockers:
+        reason = "the filters table: " + "; ".join(blockers)
+        if requested == "files":
+            raise ValueError(f"--write files is not possible: {reason}")
+        return "spark", reason, None
+    return "files", "", local_path(str(detail["location"]))
+
+
+def _discard_files(root: str, ids: list[int], file_tag: str, keep: set[str]) -> int:
+    """Delete this run's files that no commit references (failed or retried task attempts)."""
+    from .filter_files import tagged_files
+
+    directories = [f"model_id={i}" for i in ids]
+    stale = [p for p in tagged_files(root, directories, file_tag) if p not in keep]
+    for relative in stale:
+        try:
+            os.remove(os.path.join(root, relative))
+        except FileNotFoundError:
+            pass
+    return len(stale)
+
+
+def _write_filters_as_files(
+    spark, groups: list[str], profile, options, root, table, ids, phase: Phases
+) -> list[tuple[dict, list]]:
+    """The files path: tasks write Parquet, the driver commits every file in one Delta transaction."""
+    from .filter_files import committed_paths
+
+    file_tag = uuid.uuid4().hex[:16]
+    rdd = spark.sparkContext.parallelize(groups, max(1, len(groups)))
+    rdd = rdd.mapPartitionsWithIndex(_make_file_task(options.thresholds, root, file_tag))
+    if profile is not None:
+        rdd = rdd.withResources(profile)
+    actions: list[str] = []
+    try:
+        outputs = rdd.collect()
+        phase("extract", "commit filters")
+        actions = [a for _, _, adds in outputs for a in adds]
+        predicate = id_predicate("model_id", ids)
+        with_conflict_retry(
+            lambda: replace_files(spark, table, predicate, actions, list(FILTERS_PARTITION_COLUMNS)), "write filters"
+        )
+    except BaseException:
+        _discard_files(root, ids, file_tag, keep=set())
+        raise
+    stale = _discard_files(root, ids, file_tag, keep=committed_paths(actions))
+    if stale:
+        log.info("deleted %d files of retried task attempts", stale)
+    return [(summary, layers) for summary, layers, _ in outputs]
+
+
+def _replace_model_rows(
+    spark: SparkSession, path: str, rows: list[dict], schema, ids: list[int], direct: bool, spark_write
+) -> None:
+    """Replace the rows of models ``ids`` in the small table at ``path`` by ``rows``: on the
+    driver with pyarrow and one Delta commit where possible (``direct``), else ``spark_write()``."""
+    if direct:
+        import pyarrow as pa
+
+        from .schemas import arrow_schema
+
+        table = pa.Table.from_pylist([{k: r.get(k) for k in schema.fieldNames()} for r in rows], schema=arrow_schema(schema))
+        tag = uuid.uuid4().hex[:16]
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if with_conflict_retry(lambda: rewrite_rows(spark, path, "model_id", ids, table, tag), f"write {name}") is not None:
+            return
+    spark_write()
+
+
+def _commit_models(spark: SparkSession, path: str, summaries: list[dict], ids: list[int], direct: bool) -> None:
+    """Write the ``models`` rows: the run's commit record, always the last write."""
+    _replace_model_rows(
+        spark, path, summaries, MODELS, ids, direct,
+        lambda: upsert_rows(spark, rows_frame(spark, summaries, MODELS), path, ["model_id"], "write models"),
+    )
+
+
 def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: ExtractOptions) -> ExtractReport:
     """Extract every new or changed catalog model into the warehouse's Delta tables."""
     started = time.perf_counter()
     report = ExtractReport(models_total=len(entries))
+    phase = Phases(spark.sparkContext, report.phases, "filterspark")
     paths = ensure_tables(spark, options.warehouse, options.database)
     settings = options.settings_json()
+    phase("tables", "checksum model files")
 
     checks = _checksums(spark, entries)
+    phase("checksums", "compare fingerprints")
     known = _existing_fingerprints(spark, paths["models"], [e.model_id for e in entries])
     todo = []
     for entry in entries:
@@ -220,36 +384,48 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
         else:
             runnable.append((entry, fp))
 
-    # Largest files first, so one big model does not start last and stretch the stage.
-    runnable.sort(key=lambda t: -(checks[t[0].name]["file_size"] or 0))
     payloads = [
-        (json.dumps({"entry": e.to_dict(), "fingerprint": fp, "checksum": checks[e.name]}),) for e, fp in runnable
+        (json.dumps({"entry": e.to_dict(), "fingerprint": fp, "checksum": checks[e.name]}), checks[e.name]["file_size"])
+        for e, fp in runnable
     ]
-    slices = max(1, math.ceil(len(payloads) / max(1, options.models_per_task)))
     sc = spark.sparkContext
-    accumulator = sc.accumulator([], ListAccumulator())
-    jobs = spark.createDataFrame(sc.parallelize(payloads, slices), "job string")
-    task = _make_task(accumulator, options.thresholds)
-    filters = jobs.mapInArrow(task, FILTERS, profile=profile) if profile else jobs.mapInArrow(task, FILTERS)
-
+    groups = [json.dumps(g) for g in plan_tasks(payloads, sc.defaultParallelism, options.models_per_task)]
     ids = [e.model_id for e, _ in todo]
     predicate = id_predicate("model_id", ids)
-    sc.setJobDescription(f"filterspark: extract {len(todo)} models")
-    replace_rows(filters, paths["filters"], predicate, "write filters")
+    report.write, report.write_reason, root = write_path(spark, paths["filters"], options.write)
+    phase("plan", f"extract {len(todo)} models")
+    if report.write == "files":
+        extracted = _write_filters_as_files(spark, groups, profile, options, root, paths["filters"], ids, phase)
+    else:
+        accumulator = sc.accumulator([], ListAccumulator())
+        jobs = spark.createDataFrame(sc.parallelize([(g,) for g in groups], max(1, len(groups))), "jobs string")
+        task = _make_task(accumulator, options.thresholds)
+        filters = jobs.mapInArrow(task, FILTERS, profile=profile) if profile else jobs.mapInArrow(task, FILTERS)
+        replace_rows(filters, paths["filters"], predicate, "write filters")
+        extracted = accumulator.value
+    phase("commit filters" if report.write == "files" else "extract", "write layers")
 
     # A retried write (conflict or lost executor) re-runs tasks: keep one result per model.
-    for summary, layers in accumulator.value:
+    for summary, layers in extracted:
         results[summary["model_id"]] = (summary, layers)
     missing = [e for e, _ in todo if e.model_id not in results]
     if missing:
         raise RuntimeError(f"no extraction result for {len(missing)} models, e.g. {missing[0].name}")
 
-    sc.setJobDescription("filterspark: write layers and models")
+    direct = report.write == "files" and not any(
+        file_write_blockers(table_detail(spark, paths[t])) for t in ("layers", "models")
+    )
     layer_rows = [row for _, layers in results.values() for row in layers]
-    replace_rows(rows_frame(spark, layer_rows, LAYERS), paths["layers"], predicate, "write layers")
+    _replace_model_rows(
+        spark, paths["layers"], layer_rows, LAYERS, ids, direct,
+        lambda: replace_rows(rows_frame(spark, layer_rows, LAYERS), paths["layers"], predicate, "write layers"),
+    )
+    phase("layers", "write models")
     summaries = [summary for summary, _ in results.values()]
-    upsert_rows(spark, rows_frame(spark, summaries, MODELS), paths["models"], ["model_id"], "write models")
+    _commit_models(spark, paths["models"], summaries, ids, direct)
+    phase("models", "register tables")
     register_tables(spark, options.warehouse, options.database)
+    phase("register")
 
     report.extracted = len(summaries)
     for s in summaries:

@@ -21,11 +21,10 @@ import pickle
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import unquote, urlparse
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .delta_files import local_path, table_detail, unreadable_features
 from .schemas import WEIGHT_COLUMNS
 
 #: The columns every scan batch carries.
@@ -34,8 +33,6 @@ SCAN_COLUMNS = (*WEIGHT_COLUMNS, "model_id", "conv_depth_norm")
 BATCH_ROWS = 65536
 #: Bytes of Parquet per task (the file path): large enough to amortise a task's start-up.
 TASK_BYTES = 128 << 20
-#: Delta table features a raw Parquet read cannot honour.
-_UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
 _MODEL_DIR = re.compile(r"/model_id=(-?\d+)/")
 
 BatchTask = Callable[[Iterator[Any]], Any]
@@ -106,24 +103,6 @@ def read_files(group: Iterable[tuple[str, int]], batch_rows: int = BATCH_ROWS) -
                 yield pa.RecordBatch.from_arrays([arrays[c] for c in SCAN_COLUMNS], names=list(SCAN_COLUMNS))
 
 
-def _local_path(uri: str) -> str | None:
-    """A local file system path for a ``file:`` URI (or plain path), else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path)
-    return None
-
-
-def _unreadable_features(spark: SparkSession, path: str) -> list[str]:
-    detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first().asDict()
-    features = set(detail.get("tableFeatures") or [])
-    props = detail.get("properties") or {}
-    found = [f for f in _UNREADABLE_FEATURES if f in features]
-    if props.get("delta.columnMapping.mode", "none") != "none" and "columnMapping" not in found:
-        found.append("columnMapping")
-    return found
-
-
 def plan_file_groups(files: list[tuple[str, int, int]], parallelism: int) -> list[list[tuple[str, int]]]:
     """Spread ``(path, model_id, size)`` over tasks of about :data:`TASK_BYTES` (at least
     ``parallelism`` tasks when there are that many files), largest first onto the
@@ -145,12 +124,12 @@ def file_scan(spark: SparkSession, filters_path: str, model_ids: set[int]) -> tu
     """File groups of the current snapshot for ``model_ids``, or (None, why not)."""
     import os
 
-    unreadable = _unreadable_features(spark, filters_path)
+    unreadable = unreadable_features(table_detail(spark, filters_path))
     if unreadable:
         return None, f"the filters table uses {', '.join(unreadable)}"
     files: list[tuple[str, int, int]] = []
     for uri in spark.read.format("delta").load(filters_path).inputFiles():
-        path = _local_path(uri)
+        path = local_path(uri)
         if path is None:
             return None, f"data files are not on a local file system ({uri.split(':', 1)[0]}:)"
         match = _MODEL_DIR.search(path)

@@ -137,10 +137,11 @@ PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS}
 
 
 def arrow_schema(schema: StructType):
-    """The Arrow schema Spark expects for ``schema`` (e.g. from ``mapInArrow``)."""
+    """The Arrow schema Spark expects for ``schema`` (e.g. from ``mapInArrow``); timestamps
+    are UTC instants."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return to_arrow_schema(schema)
+    return to_arrow_schema(schema, timezone="UTC")
 
 
 # ==========================================================================================

@@ -356,7 +356,7 @@ def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_
     def crash(*args, **kwargs):
         raise RuntimeError("simulated driver crash")
 
-    monkeypatch.setattr(extract_job, "upsert_rows", crash)
+    monkeypatch.setattr(extract_job, "_commit_models", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
     assert read_table(spark, warehouse, "models").count() == 0
@@ -371,3 +371,110 @@ def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_
     filters = read_table(spark, warehouse, "filters")
     assert filters.count() == 42
     assert filters.select("layer_index", "filter_index").distinct().count() == 42
+
+
+# --- how filter rows reach Delta: executor-written files vs Spark's writer ----------------------------
+
+
+def _sorted_frame(df, keys):
+    return df.toPandas().sort_values(keys).reset_index(drop=True)
+
+
+def test_files_and_spark_write_paths_give_identical_tables(spark, zoo, extracted, tmp_path):
+    """The direct path (Parquet files by the tasks, one Delta commit) and Spark's writer
+    produce the same rows in all three tables; the direct files carry statistics Delta
+    uses (data skipping, counts from the log) and the commit shows as a WRITE."""
+    assert extracted["report"].write == "files" and extracted["report"].write_reason == ""
+    warehouse = str(tmp_path / "wh_spark")
+    report = run_extraction(spark, read_catalog(zoo["catalog"]), ExtractOptions(warehouse=warehouse, write="spark"))
+    assert report.write == "spark" and report.ok == extracted["report"].ok
+    keys = {"filters": ["model_id", "layer_index", "filter_index"], "layers": ["model_id", "layer_index"],
+            "models": ["model_id"]}
+    volatile = ["extracted_at", "extraction_seconds"]
+    for name, key in keys.items():
+        mine = _sorted_frame(read_table(spark, extracted["warehouse"], name).drop(*volatile), key)
+        theirs = _sorted_frame(read_table(spark, warehouse, name).drop(*volatile), key)
+        assert list(mine.columns) == list(theirs.columns), name
+        assert mine.equals(theirs), name
+
+    filters = read_table(spark, extracted["warehouse"], "filters")
+    assert filters.count() == 42 * len(FORMAT_FILES)
+    everything = set(filters.inputFiles())
+    assert len(everything) == len(FORMAT_FILES)  # one file per model, in its partition directory
+    assert all(f"/model_id={model_id_for(n)}/" in " ".join(everything) for n in FORMAT_FILES)
+    assert filters.where("task = 'no-such-task'").inputFiles() == []  # skipped by the files' statistics
+    assert set(filters.where("task = 'classification'").inputFiles()) == everything
+    assert filters.where("w0 > 1000").inputFiles() == []
+    from delta.tables import DeltaTable
+
+    last = DeltaTable.forPath(spark, table_path(extracted["warehouse"], "filterdb", "filters")).history(1).collect()[0]
+    assert last.operation == "WRITE" and "model_id IN" in last.operationParameters["predicate"]
+
+
+def test_plan_tasks_balances_bytes():
+    from filterspark.extract_job import plan_tasks
+
+    jobs = [(f"m{i}", size) for i, size in enumerate([100, 90, 10, 10, 10, 10, 10, 10, 30, None])]
+    groups = plan_tasks(jobs, cores=1)
+    assert len(groups) == 4 and sorted(p for g in groups for p in g) == sorted(p for p, _ in jobs)
+    sizes = dict(jobs)
+    loads = [sum(sizes[p] or 0 for p in g) for g in groups]
+    assert loads == sorted(loads, reverse=True) and max(loads) == 100  # the largest model alone
+    assert len(plan_tasks(jobs, cores=8)) == 10  # never more tasks than models
+    assert len(plan_tasks(jobs, cores=1, models_per_task=5)) == 2
+    assert plan_tasks([], cores=2) == []
+
+
+def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path, monkeypatch):
+    import filterspark.extract_job as extract_job
+
+    rows = [{"name": n, "path": str(zoo["folder"] / FORMAT_FILES[n][0]), "task": "classification"}
+            for n in ("tiny-pt", "tiny-safetensors")]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    warehouse = str(tmp_path / "wh")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("simulated commit failure")
+
+    monkeypatch.setattr(extract_job, "replace_files", refuse)
+    with pytest.raises(RuntimeError, match="simulated commit"):
+        run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    root = Path(table_path(warehouse, "filterdb", "filters"))
+    assert [p for p in root.rglob("*.parquet")] == []  # the tasks' files were deleted
+    assert read_table(spark, warehouse, "filters").count() == 0
+    monkeypatch.undo()
+    report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    assert report.ok == 2 and read_table(spark, warehouse, "filters").count() == 84
+
+
+def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
+    """Column mapping (Parquet names differ from column names) makes the executors' files
+    unusable: auto takes Spark's writer and says why, ``write='files'`` refuses. Layer rows
+    under a deletion vector are rewritten by Spark, not on the driver."""
+    rows = [{"name": "cm-model", "path": str(zoo["folder"] / "state_dict.pt"), "task": "classification"}]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    warehouse = str(tmp_path / "wh")
+    from filterspark.tables import ensure_tables
+
+    paths = ensure_tables(spark, warehouse, "filterdb")
+    spark.sql(
+        f"ALTER TABLE delta.`{paths['filters']}` SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
+        "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')"
+    )
+    with pytest.raises(ValueError, match="column mapping"):
+        run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse, write="files"))
+    report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
+    assert report.write == "spark" and "column mapping" in report.write_reason and report.ok == 1
+    assert read_table(spark, warehouse, "filters").count() == 42
+
+    spark.sql(f"ALTER TABLE delta.`{paths['layers']}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    spark.sql(f"DELETE FROM delta.`{paths['layers']}` WHERE layer_index = 0")
+    assert read_table(spark, warehouse, "layers").count() == 4
+    from filterspark.delta_files import rewrite_rows
+
+    layers = read_table(spark, warehouse, "layers")
+    assert rewrite_rows(spark, paths["layers"], "model_id", [model_id_for("cm-model")],
+                        layers.limit(0).toArrow(), "t") is None  # a file with a deletion vector
+    report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse, force=True))
+    layers = read_table(spark, warehouse, "layers")
+    assert layers.count() == 5 and layers.select("layer_index").distinct().count() == 5
