@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import SparkSession
 
+from .balance import balanced_groups
 from .catalog import CatalogEntry
 from .delta_files import file_write_blockers, local_path, replace_files, rewrite_rows, table_detail
 from .devices import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
@@ -196,14 +197,7 @@ def plan_tasks(jobs: list[tuple[str, int | None]], cores: int, models_per_task: 
         n_tasks = -(-len(jobs) // max(1, models_per_task))
     else:
         n_tasks = min(len(jobs), max(1, cores) * TASKS_PER_CORE)
-    loads = [0] * n_tasks
-    groups: list[list[str]] = [[] for _ in range(n_tasks)]
-    for payload, size in sorted(jobs, key=lambda j: -(j[1] or 0)):
-        i = loads.index(min(loads))
-        groups[i].append(payload)
-        loads[i] += max(size or 0, 1)
-    order = sorted(range(n_tasks), key=lambda i: -loads[i])  # heaviest task first
-    return [groups[i] for i in order if groups[i]]
+    return balanced_groups([(payload, size or 0) for payload, size in jobs], n_tasks)
 
 
 def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds, delay: float):

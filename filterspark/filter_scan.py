@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .balance import balanced_groups
 from .delta_files import local_path, table_detail, unreadable_features
 from .schemas import WEIGHT_COLUMNS
 
@@ -111,13 +112,8 @@ def plan_file_groups(files: list[tuple[str, int, int]], parallelism: int) -> lis
         return []
     total = sum(size for _, _, size in files)
     n_tasks = max(1, min(len(files), max(parallelism, -(-total // TASK_BYTES))))
-    loads = [0] * n_tasks
-    groups: list[list[tuple[str, int]]] = [[] for _ in range(n_tasks)]
-    for path, model_id, size in sorted(files, key=lambda f: (-f[2], f[0])):
-        i = loads.index(min(loads))
-        groups[i].append((path, model_id))
-        loads[i] += max(size, 1)
-    return [g for g in groups if g]
+    ordered = sorted(files, key=lambda f: f[0])  # ties broken by path, as before
+    return balanced_groups([((path, model_id), size) for path, model_id, size in ordered], n_tasks)
 
 
 def file_scan(spark: SparkSession, filters_path: str, model_ids: set[int]) -> tuple[list | None, str]:

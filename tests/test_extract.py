@@ -478,3 +478,26 @@ def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
     report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse, force=True))
     layers = read_table(spark, warehouse, "layers")
     assert layers.count() == 5 and layers.select("layer_index").distinct().count() == 5
+
+
+def test_driver_rewrite_keeps_rows_spark_wrote(spark, zoo, tmp_path):
+    """Rows written by Spark (INT96 timestamps, Parquet maps) survive the driver-side
+    rewrite of ``models`` and ``layers`` unchanged when other models are replaced."""
+    names = ["tiny-pt", "tiny-onnx", "tiny-safetensors"]
+    rows = [{"name": n, "path": str(zoo["folder"] / FORMAT_FILES[n][0]), "task": "classification",
+             "family": "tinynet", "variant": "trained"} for n in names]
+    warehouse = str(tmp_path / "wh")
+    first = write_catalog(tmp_path / "first.csv", rows[:2])
+    assert run_extraction(spark, read_catalog(first), ExtractOptions(warehouse=warehouse, write="spark")).ok == 2
+    keep = model_id_for("tiny-pt")
+    before = {t: read_table(spark, warehouse, t).where(f"model_id = {keep}").collect() for t in ("models", "layers")}
+
+    second = write_catalog(tmp_path / "second.csv", rows[1:])
+    report = run_extraction(spark, read_catalog(second), ExtractOptions(warehouse=warehouse, force=True))
+    assert report.write == "files" and report.ok == 2
+    for table, old_rows in before.items():
+        assert read_table(spark, warehouse, table).where(f"model_id = {keep}").collect() == old_rows, table
+    models = read_table(spark, warehouse, "models")
+    assert models.count() == 3 and models.select("model_id").distinct().count() == 3
+    assert read_table(spark, warehouse, "layers").count() == 3 * 5
+    assert {r.metadata["variant"] for r in models.collect()} == {"trained"}

@@ -117,3 +117,18 @@ def test_column_stats_leave_out_what_they_cannot_state_exactly():
     empty = ColumnStats()
     empty.update(pa.nulls(3, pa.string()))
     assert (empty.low, empty.nulls, empty.exact) == (None, 3, True)
+
+
+def test_balanced_groups_and_scan_file_groups():
+    from filterspark.balance import balanced_groups
+    from filterspark.filter_scan import TASK_BYTES, plan_file_groups
+
+    groups = balanced_groups([("a", 10), ("b", 9), ("c", 1), ("d", 1), ("e", 5), ("f", 0)], 3)
+    assert groups == [["a"], ["b"], ["e", "c", "d", "f"]]  # heaviest first onto the lightest group
+    assert balanced_groups([("x", 3)], 4) == [["x"]] and balanced_groups([], 2) == []
+
+    files = [(f"/t/model_id={i}/f.parquet", i, TASK_BYTES // 2) for i in range(10)]
+    planned = plan_file_groups(files, parallelism=2)
+    assert len(planned) == 5 and all(len(g) == 2 for g in planned)  # ~TASK_BYTES per task
+    assert sorted(p for g in planned for p in g) == sorted((p, m) for p, m, _ in files)
+    assert len(plan_file_groups(files[:3], parallelism=8)) == 3 and plan_file_groups([], 2) == []
