@@ -121,6 +121,17 @@ def _jvm_class(spark: SparkSession, name: str):
     return jvm.java.lang.Class.forName(name, True, loader)
 
 
+def transaction_api_available(spark: SparkSession) -> bool:
+    """Whether open-source Delta's transaction classes are on the driver's JVM (they are
+    not on runtimes with their own Delta build): :func:`replace_files` needs them."""
+    try:
+        _jvm_class(spark, "org.apache.spark.sql.delta.OptimisticTransaction")
+        _jvm_class(spark, "org.apache.spark.sql.delta.DeltaLog")
+        return True
+    except Exception:  # noqa: BLE001 - Py4J wraps ClassNotFoundException
+        return False
+
+
 def _scala_list(spark: SparkSession, items: Iterable):
     jvm = spark.sparkContext._jvm
     java_list = jvm.java.util.ArrayList()

@@ -34,7 +34,14 @@ from pyspark.sql import SparkSession
 
 from .balance import balanced_groups
 from .catalog import CatalogEntry
-from .delta_files import file_write_blockers, local_path, replace_files, rewrite_rows, table_detail
+from .delta_files import (
+    file_write_blockers,
+    local_path,
+    replace_files,
+    rewrite_rows,
+    table_detail,
+    transaction_api_available,
+)
 from .devices import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
 from .quality import QualityThresholds
 from .phases import Phases
@@ -260,8 +267,11 @@ def write_path(spark: SparkSession, filters_path: str, requested: str) -> tuple[
         return "spark", "--write spark", None
     detail = table_detail(spark, filters_path)
     blockers = file_write_blockers(detail)
-    if blockers:
-        reason = "the filters table: " + "; ".join(blockers)
+    reasons = [f"the filters table: {'; '.join(blockers)}"] if blockers else []
+    if not transaction_api_available(spark):
+        reasons.append("open-source Delta's transaction API is not on the driver's JVM")
+    if reasons:
+        reason = "; ".join(reasons)
         if requested == "files":
             raise ValueError(f"--write files is not possible: {reason}")
         return "spark", reason, None

@@ -501,3 +501,16 @@ def test_driver_rewrite_keeps_rows_spark_wrote(spark, zoo, tmp_path):
     assert models.count() == 3 and models.select("model_id").distinct().count() == 3
     assert read_table(spark, warehouse, "layers").count() == 3 * 5
     assert {r.metadata["variant"] for r in models.collect()} == {"trained"}
+
+
+def test_without_deltas_transaction_api_spark_writes(spark, zoo, tmp_path, monkeypatch):
+    """A runtime whose Delta build lacks open-source Delta's transaction classes (e.g. a
+    vendor's own) gets Spark's writer, with the reason in the report."""
+    import filterspark.extract_job as extract_job
+
+    monkeypatch.setattr(extract_job, "transaction_api_available", lambda spark: False)
+    rows = [{"name": "api-model", "path": str(zoo["folder"] / "state_dict.pt"), "task": "classification"}]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=str(tmp_path / "wh")))
+    assert report.write == "spark" and "transaction API" in report.write_reason and report.ok == 1
+    assert read_table(spark, str(tmp_path / "wh"), "filters").count() == 42
