@@ -222,19 +222,35 @@ def register_tables(spark, warehouse: str, database: str = DEFAULT_DATABASE) -> 
             # table is external (LOCATION), so dropping the registration keeps its data.
             spark.sql(f"DROP TABLE {qualified}")
         spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
+    _drop_stale_names(spark, database, db_location, names)
     _register_views(spark, database, names)
     _REGISTERED[(spark.sparkContext.applicationId, database)] = warehouse_uri(warehouse)
     return names
 
 
+def _drop_stale_names(spark, database: str, db_location: str, names: list[str]) -> None:
+    """Unregister the external tables of ``database`` that point outside ``db_location``
+    and have no table there: names left from another warehouse (a reused session, or a
+    persistent metastore) must not answer for this one. Their data is kept."""
+    for table in spark.catalog.listTables(database):
+        if table.isTemporary or table.tableType != "EXTERNAL" or table.name in names:
+            continue
+        location = _registered_location(spark, database, table.name)
+        if location is not None and not _same_location(location.rsplit("/", 1)[0], db_location):
+            spark.sql(f"DROP TABLE `{database}`.`{table.name}`")
+
+
 def _register_views(spark, database: str, tables: list[str]) -> None:
     """Create the views of ``schemas.VIEWS`` whose tables exist (views are session-scoped
-    without a metastore, so every session defines them again; a no-op change with one)."""
+    without a metastore, so every session defines them again; a no-op change with one),
+    and drop those whose tables do not."""
     from .schemas import VIEWS
 
     for view, (query, needs) in VIEWS.items():
         if all(t in tables for t in needs):
             spark.sql(f"CREATE OR REPLACE VIEW `{database}`.`{view}` AS {query.format(db=database)}")
+        else:
+            spark.sql(f"DROP VIEW IF EXISTS `{database}`.`{view}`")
 
 
 def _registered_location(spark, database: str, name: str) -> str | None:

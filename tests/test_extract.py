@@ -332,6 +332,23 @@ def test_tables_registered_by_name_and_sql_cli(spark, extracted, capsys):
     assert "(1 row)" in capsys.readouterr().out
 
 
+def test_registering_another_warehouse_drops_names_it_lacks(spark, extracted, tmp_path):
+    """Names left from a previously registered warehouse must not answer for the next one."""
+    from filterspark.session import register_tables
+    from filterspark.tables import ensure_table
+
+    other = str(tmp_path / "other")
+    ensure_table(spark, other, "filterdb", "models")
+    try:
+        assert register_tables(spark, other, "filterdb") == ["models"]
+        names = {t.name for t in spark.catalog.listTables("filterdb")}
+        assert "models" in names and "filters" not in names and "layers" not in names
+        assert spark.sql("SELECT count(*) AS n FROM filterdb.models").first().n == 0
+    finally:
+        register_tables(spark, extracted["warehouse"], "filterdb")
+    assert spark.sql("SELECT count(*) AS n FROM filterdb.filters").first().n == 42 * len(FORMAT_FILES)
+
+
 def test_local_defaults_match_conf_file():
     from filterspark.session import DELTA_SETTINGS, LOCAL_DEFAULTS
 
