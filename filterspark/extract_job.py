@@ -292,6 +292,18 @@ def _discard_files(root: str, ids: list[int], file_tag: str, keep: set[str]) -> 
     return len(stale)
 
 
+def _files_in_snapshot(spark: SparkSession, table: str, root: str, file_tag: str) -> set[str] | None:
+    """This run's files that the table's latest snapshot references (relative paths), None
+    when that cannot be read: an error raised after the commit landed must not delete
+    committed files."""
+    try:
+        uris = spark.read.format("delta").load(table).inputFiles()
+    except Exception:  # noqa: BLE001 - cannot tell: the caller keeps every file
+        return None
+    paths = (local_path(u) for u in uris)
+    return {os.path.relpath(p, root) for p in paths if p and f"-{file_tag}-" in p}
+
+
 def _write_filters_as_files(
     spark, groups: list[str], profile, options, root, table, ids, phase: Phases
 ) -> list[tuple[dict, list]]:
@@ -313,7 +325,9 @@ def _write_filters_as_files(
             lambda: replace_files(spark, table, predicate, actions, list(FILTERS_PARTITION_COLUMNS)), "write filters"
         )
     except BaseException:
-        _discard_files(root, ids, file_tag, keep=set())
+        committed = _files_in_snapshot(spark, table, root, file_tag)
+        if committed is not None:
+            _discard_files(root, ids, file_tag, keep=committed)
         raise
     stale = _discard_files(root, ids, file_tag, keep=committed_paths(actions))
     if stale:

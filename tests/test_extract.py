@@ -463,6 +463,20 @@ def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path
     report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
     assert report.ok == 2 and read_table(spark, warehouse, "filters").count() == 84
 
+    # An error after the commit landed keeps the committed files.
+    real = extract_job.replace_files
+
+    def commit_then_fail(*args, **kwargs):
+        real(*args, **kwargs)
+        raise RuntimeError("simulated error after the commit")
+
+    monkeypatch.setattr(extract_job, "replace_files", commit_then_fail)
+    with pytest.raises(RuntimeError, match="after the commit"):
+        run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse, force=True))
+    monkeypatch.undo()
+    rows = read_table(spark, warehouse, "filters").select("model_id", "w4").collect()  # reads every file
+    assert len(rows) == 84 and len(list(root.rglob("*.parquet"))) == 4  # 2 replaced (still on disk) + 2 committed
+
 
 def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
     """Column mapping (Parquet names differ from column names) makes the executors' files
