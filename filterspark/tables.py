@@ -33,7 +33,12 @@ _CONFLICT_MARKERS = (
     "DELTA_PROTOCOL_CHANGED",
     "already exists",
     "TABLE_OR_VIEW_ALREADY_EXISTS",
+    "TableBeingCreated",
 )
+
+
+class TableBeingCreated(RuntimeError):
+    """A concurrent job is half-way through creating the same table (retryable)."""
 
 
 def is_write_conflict(err: BaseException) -> bool:
@@ -70,10 +75,28 @@ def ensure_table(spark: SparkSession, warehouse: str, database: str, name: str, 
         partitions = PARTITION_COLUMNS.get(name)
         if partitions:
             builder = builder.partitionedBy(*partitions)
-        builder.execute()
+        try:
+            builder.execute()
+        except Exception as err:  # noqa: BLE001 - Py4J wraps Delta's error
+            if DeltaTable.isDeltaTable(spark, path):
+                return  # a concurrent job finished creating it meanwhile
+            if not _location_exists(spark, path):
+                raise
+            # Most likely another job half-way through creating it (its first files exist,
+            # its first commit not yet; Delta's error then depends on how far it got):
+            # retried; foreign files that never become a table fail after the retries.
+            raise TableBeingCreated(
+                f"{path} is not empty and not a Delta table: another job creating it, or foreign files"
+            ) from err
 
-    with_conflict_retry(create, f"create {name}")
+    with_conflict_retry(create, f"create {name}", attempts=4)
     return path
+
+
+def _location_exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return bool(hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(hpath))
 
 
 def ensure_tables(spark: SparkSession, warehouse: str, database: str, names: Iterable[str] = TABLES) -> dict[str, str]:

@@ -545,3 +545,19 @@ def test_without_deltas_transaction_api_spark_writes(spark, zoo, tmp_path, monke
     report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=str(tmp_path / "wh")))
     assert report.write == "spark" and "transaction API" in report.write_reason and report.ok == 1
     assert read_table(spark, str(tmp_path / "wh"), "filters").count() == 42
+
+
+@pytest.mark.parametrize("leftover", ["_delta_log", "notes.txt"])
+def test_table_location_with_foreign_files_fails_clearly(spark, tmp_path, leftover):
+    """A half-created table (another job's ``_delta_log`` without its first commit, or its
+    first files) is retried; what never becomes a Delta table fails with a clear message."""
+    from filterspark.tables import TableBeingCreated, ensure_table
+
+    location = Path(table_path(str(tmp_path), "filterdb", "models"))
+    location.mkdir(parents=True)
+    if leftover == "_delta_log":
+        (location / leftover).mkdir()
+    else:
+        (location / leftover).write_text("not a table")
+    with pytest.raises(TableBeingCreated, match="not empty and not a Delta table"):
+        ensure_table(spark, str(tmp_path), "filterdb", "models")
