@@ -255,9 +255,30 @@ def rewrite_rows(
     except BaseException:
         from .filter_files import committed_paths
 
-        for relative in committed_paths(actions):
-            os.remove(os.path.join(root, relative))
+        discard_unreferenced(spark, table, root, committed_paths(actions))
         raise
+
+
+def referenced_files(spark: SparkSession, table: str, root: str) -> set[str] | None:
+    """Paths (relative to ``root``) of the data files the table's latest snapshot
+    references; None when the snapshot cannot be read."""
+    try:
+        uris = spark.read.format("delta").load(table).inputFiles()
+    except Exception:  # noqa: BLE001 - cannot tell
+        return None
+    return {os.path.relpath(p, root) for p in (local_path(u) for u in uris) if p}
+
+
+def discard_unreferenced(spark: SparkSession, table: str, root: str, relative_paths) -> int:
+    """Delete the files among ``relative_paths`` that the latest snapshot does not reference
+    (after a failed commit: an error raised after the commit landed must not delete
+    committed files); none when the snapshot cannot be read. Returns how many."""
+    referenced = referenced_files(spark, table, root)
+    if referenced is None:
+        return 0
+    from .filter_files import remove_files
+
+    return remove_files(root, [p for p in relative_paths if p not in referenced])
 
 
 def file_location(path: str, root: str) -> str | None:

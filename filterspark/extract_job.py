@@ -35,6 +35,7 @@ from pyspark.sql import SparkSession
 from .balance import balanced_groups
 from .catalog import CatalogEntry
 from .delta_files import (
+    discard_unreferenced,
     file_write_blockers,
     local_path,
     replace_files,
@@ -221,20 +222,26 @@ def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds,
     return result
 
 
+def _task_extractions(groups, thresholds: QualityThresholds):
+    """The models of a task's groups (JSON lists of payloads), extracted one after the other
+    on the task's device."""
+    from .devices import task_device
+
+    device, note = task_device()
+    delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+    for payload in (p for group in groups for p in json.loads(group)):
+        yield _extract_job(payload, device, note, thresholds, delay)
+
+
 def _make_task(accumulator, thresholds: QualityThresholds):
     """The mapInArrow function (spark path): input rows of task groups → filter rows."""
 
     def extract_partition(batches):
-        from .devices import task_device
-
-        device, note = task_device()
-        delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
-        for batch in batches:
-            for payload in (p for group in batch.column(0).to_pylist() for p in json.loads(group)):
-                result = _extract_job(payload, device, note, thresholds, delay)
-                yield from result.filter_batches()
-                accumulator.add([(result.summary, result.layers)])
-                result.loaded = None  # free the weights before the next model
+        groups = (group for batch in batches for group in batch.column(0).to_pylist())
+        for result in _task_extractions(groups, thresholds):
+            yield from result.filter_batches()
+            accumulator.add([(result.summary, result.layers)])
+            result.loaded = None  # free the weights before the next model
 
     return extract_partition
 
@@ -244,13 +251,9 @@ def _make_file_task(thresholds: QualityThresholds, filters_root: str, file_tag: 
     the filter rows written as Parquet files into the model's partition directory."""
 
     def extract_partition(index, groups):
-        from .devices import task_device
         from .filter_files import write_partition
 
-        device, note = task_device()
-        delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
-        for payload in (p for group in groups for p in json.loads(group)):
-            result = _extract_job(payload, device, note, thresholds, delay)
+        for result in _task_extractions(groups, thresholds):
             partition = {"model_id": result.summary["model_id"]}
             actions = write_partition(filters_root, partition, result.filter_batches(), f"{index:05d}-{file_tag}")
             result.loaded = None
@@ -278,37 +281,18 @@ def write_path(spark: SparkSession, filters_path: str, requested: str) -> tuple[
     return "files", "", local_path(str(detail["location"]))
 
 
-def _discard_files(root: str, ids: list[int], file_tag: str, keep: set[str]) -> int:
-    """Delete this run's files that no commit references (failed or retried task attempts)."""
+def _run_files(root: str, ids: list[int], file_tag: str) -> list[str]:
+    """The files (relative paths) this run's tasks wrote into the models' partitions."""
     from .filter_files import tagged_files
 
-    directories = [f"model_id={i}" for i in ids]
-    stale = [p for p in tagged_files(root, directories, file_tag) if p not in keep]
-    for relative in stale:
-        try:
-            os.remove(os.path.join(root, relative))
-        except FileNotFoundError:
-            pass
-    return len(stale)
-
-
-def _files_in_snapshot(spark: SparkSession, table: str, root: str, file_tag: str) -> set[str] | None:
-    """This run's files that the table's latest snapshot references (relative paths), None
-    when that cannot be read: an error raised after the commit landed must not delete
-    committed files."""
-    try:
-        uris = spark.read.format("delta").load(table).inputFiles()
-    except Exception:  # noqa: BLE001 - cannot tell: the caller keeps every file
-        return None
-    paths = (local_path(u) for u in uris)
-    return {os.path.relpath(p, root) for p in paths if p and f"-{file_tag}-" in p}
+    return tagged_files(root, [f"model_id={i}" for i in ids], file_tag)
 
 
 def _write_filters_as_files(
     spark, groups: list[str], profile, options, root, table, ids, phase: Phases
 ) -> list[tuple[dict, list]]:
     """The files path: tasks write Parquet, the driver commits every file in one Delta transaction."""
-    from .filter_files import committed_paths
+    from .filter_files import committed_paths, remove_files
 
     file_tag = uuid.uuid4().hex[:16]
     rdd = spark.sparkContext.parallelize(groups, max(1, len(groups)))
@@ -325,11 +309,10 @@ def _write_filters_as_files(
             lambda: replace_files(spark, table, predicate, actions, list(FILTERS_PARTITION_COLUMNS)), "write filters"
         )
     except BaseException:
-        committed = _files_in_snapshot(spark, table, root, file_tag)
-        if committed is not None:
-            _discard_files(root, ids, file_tag, keep=committed)
+        discard_unreferenced(spark, table, root, _run_files(root, ids, file_tag))
         raise
-    stale = _discard_files(root, ids, file_tag, keep=committed_paths(actions))
+    committed = committed_paths(actions)
+    stale = remove_files(root, [p for p in _run_files(root, ids, file_tag) if p not in committed])
     if stale:
         log.info("deleted %d files of retried task attempts", stale)
     return [(summary, layers) for summary, layers, _ in outputs]

@@ -189,11 +189,7 @@ class PartitionFileWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        for relative in self._opened:
-            try:
-                os.remove(os.path.join(self.table_root, relative))
-            except FileNotFoundError:
-                pass
+        remove_files(self.table_root, self._opened)
         self.actions, self._opened = [], []
 
 
@@ -225,6 +221,18 @@ def tagged_files(table_root: str, directories: Iterable[str], file_tag: str) -> 
         prefix = f"{directory}/" if directory else ""
         found += [f"{prefix}{n}" for n in names if n.startswith("part-") and marker in n]
     return found
+
+
+def remove_files(table_root: str, relative_paths: Iterable[str]) -> int:
+    """Delete files (paths relative to ``table_root``; already gone is fine); how many were named."""
+    count = 0
+    for relative in relative_paths:
+        count += 1
+        try:
+            os.remove(os.path.join(table_root, relative))
+        except FileNotFoundError:
+            pass
+    return count
 
 
 def committed_paths(actions: Iterable[str]) -> set[str]:
