@@ -5,7 +5,7 @@
 
 One process, the same data, three dimensions (task, visual_category, depth_decile):
 
-* **ours** — ``filterspark.analyze_job.run_analysis`` (PCA from per-task numpy moments, the
+* **ours** — ``filterspark.pipelines.analyze.run_analysis`` (PCA from per-task numpy moments, the
   shared coefficient range, grouped 70-bin histograms, shift matrices, model shifts,
   stats; every table written to Delta), local[2] with a 2 GB driver;
 * **in-memory** — the published notebook's method: the Parquet copy read with pyarrow,
@@ -48,7 +48,7 @@ IN_MEMORY_BYTES_PER_FILTER = 450
 
 def ours(spark, warehouse: str, database: str, where: str | None = None):
     """``run_analysis`` itself (every table written to Delta)."""
-    from filterspark.analyze_job import AnalyzeOptions, run_analysis
+    from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 
     options = AnalyzeOptions(warehouse=warehouse, database=database, by=DIMENSIONS, bins=BINS, where=where)
     return run_analysis(spark, options)
@@ -58,7 +58,7 @@ def written_results(spark, warehouse: str, database: str, run_id: str) -> tuple[
     """The run's shift matrices and histogram counts, read back from the Delta tables."""
     from pyspark.sql import functions as F
 
-    from filterspark.session import table_path
+    from filterspark.engine.session import table_path
 
     run = F.col("run_id") == run_id
     shifts = spark.read.format("delta").load(table_path(warehouse, database, "shifts")).where(run)
@@ -104,7 +104,7 @@ def projection(n_small: int, t_small: float, n: int, t: float, cores: int) -> di
 
 
 def _depth_labels(depth_norm: np.ndarray) -> np.ndarray:
-    from filterspark.coefficients import DEPTH_DECILES, DEPTH_EDGES
+    from filterspark.kernels.coefficients import DEPTH_DECILES, DEPTH_EDGES
 
     return np.asarray(DEPTH_DECILES, dtype=object)[np.searchsorted(DEPTH_EDGES, depth_norm, side="left")]
 
@@ -115,7 +115,7 @@ def in_memory(parquet: str):
     from scipy.stats import entropy
     from sklearn.decomposition import PCA
 
-    from filterspark.schemas import WEIGHT_COLUMNS
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
 
     table = pq.read_table(parquet, columns=[*WEIGHT_COLUMNS, "task", "visual_category", "conv_depth_norm"])
     x = np.empty((table.num_rows, 9))

@@ -25,7 +25,7 @@ def spark_session(app: str, master: str = "local[2]", driver_memory: str = "2g",
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from filterspark.session import build_session
+    from filterspark.engine.session import build_session
 
     conf = {**BENCH_CONF, "spark.driver.memory": driver_memory}
     if quick:
@@ -38,8 +38,8 @@ def warm(spark, warehouse: str, database: str, parquet: str | None) -> None:
     libraries imported before any contender is timed."""
     from pyspark.sql import functions as F
 
-    from filterspark.schemas import WEIGHT_COLUMNS
-    from filterspark.session import table_path
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
+    from filterspark.engine.session import table_path
 
     spark.sparkContext.setJobDescription("benchmark: warm-up scan")
     spark.read.format("delta").load(table_path(warehouse, database, "filters")).agg(

@@ -9,7 +9,7 @@ BatchNorm, widths scaled so the ``--models`` state_dicts total about ``--total-m
 3x3), plus a catalog CSV with task/visual_category/family metadata. It is generated
 once into ``--zoo`` and reused.
 
-* **ours** — ``filterspark.extract_job.run_extraction`` into a fresh warehouse, local[2],
+* **ours** — ``filterspark.pipelines.extract.run_extraction`` into a fresh warehouse, local[2],
   2 GB driver: checksums, loads, layer metrics, the ``filters``/``layers``/``models``
   Delta commits;
 * **floor** — one process, no Spark: ``torch.load(weights_only=True)`` each checkpoint
@@ -127,7 +127,7 @@ def build_zoo(out: Path, n_models: int, total_mb: float, seed: int = 0) -> Path:
 
 def ours(spark, entries, warehouse: str):
     """``run_extraction`` into a fresh warehouse."""
-    from filterspark.extract_job import ExtractOptions, run_extraction
+    from filterspark.pipelines.extract import ExtractOptions, run_extraction
 
     return run_extraction(spark, entries, ExtractOptions(warehouse=warehouse))
 
@@ -138,7 +138,7 @@ def floor(entries, out: Path) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from filterspark.schemas import FILTER_METADATA, FILTERS, arrow_schema
+    from filterspark.delta.schemas import FILTER_METADATA, FILTERS, arrow_schema
 
     schema = arrow_schema(FILTERS)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +170,8 @@ def floor(entries, out: Path) -> int:
 def _summaries_delta(spark, warehouse: str) -> dict:
     from pyspark.sql import functions as F
 
-    from filterspark.schemas import WEIGHT_COLUMNS
-    from filterspark.session import DEFAULT_DATABASE, table_path
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
+    from filterspark.engine.session import DEFAULT_DATABASE, table_path
 
     df = spark.read.format("delta").load(table_path(warehouse, DEFAULT_DATABASE, "filters"))
     total = sum(F.col(c).cast("double") for c in WEIGHT_COLUMNS)
@@ -185,7 +185,7 @@ def _summaries_delta(spark, warehouse: str) -> dict:
 def _summaries_floor(out: Path) -> dict:
     import pyarrow.dataset as ds
 
-    from filterspark.schemas import WEIGHT_COLUMNS
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
 
     t = ds.dataset(str(out), format="parquet").to_table()
     w = sum(t.column(c).to_numpy().astype(np.float64) for c in WEIGHT_COLUMNS)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         args.models, args.total_mb = 3, 3.0
     if args.zoo is None and not args.quick:
         p.error("--zoo is required (except with --quick)")
-    from filterspark.catalog import read_catalog
+    from filterspark.sources.catalog import read_catalog
 
     tmp = tempfile.TemporaryDirectory(prefix="fs-bench-extract-")
     work = args.work or Path(tmp.name)

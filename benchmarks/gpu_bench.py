@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from filterspark.catalog import CatalogEntry, read_catalog  # noqa: E402
-from filterspark.extraction import extract_model  # noqa: E402
+from filterspark.sources.catalog import CatalogEntry, read_catalog  # noqa: E402
+from filterspark.pipelines.extract_task import extract_model  # noqa: E402
 
 
 def big_checkpoints(folder: Path, n: int) -> list[CatalogEntry]:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
     catalog = args.catalog
     if not catalog:
-        from filterspark.zoo import build_demo_zoo
+        from filterspark.demo.zoo import build_demo_zoo
 
         t0 = time.perf_counter()
         catalog = build_demo_zoo(args.zoo or tmp / "zoo")

@@ -52,8 +52,8 @@ def generate_zoo(folder: Path, models: int, width: int) -> list[Path]:
 
 def task_body_without_spark(path: Path, device: str) -> int:
     """Load → per-layer quality on ``device`` → filters to host memory; returns 3x3 count."""
-    from filterspark.loaders import load_model
-    from filterspark.quality import layer_quality
+    from filterspark.sources.loaders import load_model
+    from filterspark.kernels.quality import layer_quality
 
     loaded = load_model(str(path), None, device=device)
     count = 0
@@ -68,8 +68,8 @@ def task_body_without_spark(path: Path, device: str) -> int:
 
 
 def task_body_with_spark_modules(path: Path, device: str) -> int:
-    from filterspark.catalog import CatalogEntry
-    from filterspark.extraction import extract_model
+    from filterspark.sources.catalog import CatalogEntry
+    from filterspark.pipelines.extract_task import extract_model
 
     result = extract_model(CatalogEntry(name=path.stem, path=str(path)), device=device)
     assert result.summary["status"] == "ok", result.summary.get("error")

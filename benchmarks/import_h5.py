@@ -208,7 +208,7 @@ def delta_rows(table_dir: Path) -> int:
 
 
 def run_import(h5: Path, warehouse: Path, args) -> tuple[dict, str, float]:
-    from filterspark.session import delta_maven_coordinate
+    from filterspark.engine.session import delta_maven_coordinate
 
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)

@@ -4,7 +4,7 @@
     python benchmarks/make_filters.py --quick          # 20k filters, checks only
 
 Layout of ``--out``: ``warehouse/filterdb.db/{filters,models,layers}`` (Delta, the
-schemas of ``filterspark.schemas``, ``filters`` partitioned by model as extraction
+schemas of ``filterspark.delta.schemas``, ``filters`` partitioned by model as extraction
 writes it), ``parquet/filters`` (the same filter rows, read back from Delta) and
 ``manifest.json``.
 
@@ -99,7 +99,7 @@ def default_models(n: int) -> int:
 
 def plan_models(n: int, n_models: int, seed: int = 0) -> list[ModelSpec]:
     """Split ``n`` filters into models (lognormal sizes) and layers (growing widths)."""
-    from filterspark.catalog import model_id_for
+    from filterspark.sources.catalog import model_id_for
 
     rng = np.random.default_rng([seed, 1])
     n_models = max(1, min(n_models, n))
@@ -158,10 +158,10 @@ def generate_weights(spec: ModelSpec, layer: int, start: int, rows: int, seed: i
 
 
 def _chunk_batch(spec: ModelSpec, layer: int, start: int, rows: int, seed: int):
-    """One Arrow batch of ``filters`` rows in :data:`filterspark.schemas.FILTERS` order."""
+    """One Arrow batch of ``filters`` rows in :data:`filterspark.delta.schemas.FILTERS` order."""
     import pyarrow as pa
 
-    from filterspark.schemas import FILTERS, arrow_schema
+    from filterspark.delta.schemas import FILTERS, arrow_schema
 
     w = generate_weights(spec, layer, start, rows, seed)
     n_layers = len(spec.layer_sizes)
@@ -229,9 +229,9 @@ def generate(spark, out: Path, n: int, n_models: int | None = None, seed: int = 
     """Write the synthetic warehouse and Parquet copy under ``out``; return the manifest."""
     from pyspark import cloudpickle
 
-    from filterspark.schemas import FILTERS, LAYERS, MODELS
-    from filterspark.session import DEFAULT_DATABASE, register_tables
-    from filterspark.tables import ensure_table, rows_frame
+    from filterspark.delta.schemas import FILTERS, LAYERS, MODELS
+    from filterspark.engine.session import DEFAULT_DATABASE, register_tables
+    from filterspark.delta.tables import ensure_table, rows_frame
 
     if __name__ != "__main__":  # imported by another script: tasks need no benchmarks/ on their path
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -321,9 +321,9 @@ def replicate(spark, source: dict, out: Path, copies: int, workers: int = 2) -> 
 
     from pyspark.sql import functions as F
 
-    from filterspark.schemas import FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
-    from filterspark.session import DEFAULT_DATABASE, register_tables, table_path
-    from filterspark.tables import ensure_table
+    from filterspark.delta.schemas import FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
+    from filterspark.engine.session import DEFAULT_DATABASE, register_tables, table_path
+    from filterspark.delta.tables import ensure_table
 
     if not 1 <= copies <= 16:
         raise SystemExit("--copies must be 1..16 (the signed symmetries of a 3x3 kernel)")
@@ -383,9 +383,9 @@ def verify(spark, manifest: dict) -> list[str]:
     """Row counts of Delta and Parquet against the plan, and the PCA spectrum of a sample."""
     import pyarrow.dataset as ds
 
-    from filterspark.pca import pca_direct, scale_filters
-    from filterspark.schemas import WEIGHT_COLUMNS
-    from filterspark.session import table_path
+    from filterspark.kernels.pca import pca_direct, scale_filters
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
+    from filterspark.engine.session import table_path
 
     failures: list[str] = []
     n = manifest["n_filters"]

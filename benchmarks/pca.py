@@ -43,8 +43,8 @@ IN_MEMORY_BYTES_PER_FILTER = 220
 
 def ours(spark, warehouse: str, database: str):
     """The analysis job's distributed PCA (the job's own functions, not a copy)."""
-    from filterspark.analyze_job import AnalyzeOptions, analysis_input, plan_scan, scan_moments
-    from filterspark.pca import pca_from_moments
+    from filterspark.pipelines.analyze import AnalyzeOptions, analysis_input, plan_scan, scan_moments
+    from filterspark.kernels.pca import pca_from_moments
 
     options = AnalyzeOptions(warehouse=warehouse, database=database)
     joined, models = analysis_input(spark, options)
@@ -57,8 +57,8 @@ def mllib(spark, warehouse: str, database: str):
     from pyspark.ml.feature import PCA, VectorAssembler
     from pyspark.sql import functions as F
 
-    from filterspark.schemas import WEIGHT_COLUMNS
-    from filterspark.session import table_path
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
+    from filterspark.engine.session import table_path
 
     filters = spark.read.format("delta").load(table_path(warehouse, database, "filters"))
     ok = spark.read.format("delta").load(table_path(warehouse, database, "models")).where("status = 'ok'")
@@ -77,7 +77,7 @@ def in_memory(parquet: str):
     import pyarrow.parquet as pq
     from sklearn.decomposition import PCA
 
-    from filterspark.schemas import WEIGHT_COLUMNS
+    from filterspark.delta.schemas import WEIGHT_COLUMNS
 
     table = pq.read_table(parquet, columns=list(WEIGHT_COLUMNS))
     x = np.empty((table.num_rows, 9))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
+from filterspark.engine.session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
 
 DEFAULT_ZOO_DIR = "demo_zoo"
 
@@ -33,11 +33,11 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_setup(args: argparse.Namespace) -> int:
     """Make plain ``spark-submit`` Delta-ready and pre-fetch the Delta JARs."""
-    from .session import install_spark_defaults
+    from filterspark.engine.session import install_spark_defaults
 
     path = install_spark_defaults(args.spark_home)
     print(f"Delta Lake settings in {path}")
-    from .session import build_session
+    from filterspark.engine.session import build_session
 
     spark = build_session(app_name="filterspark-setup")
     spark.range(1).count()
@@ -50,13 +50,13 @@ def run_setup(args: argparse.Namespace) -> int:
 
 
 def add_demo_zoo_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import zoo
+    from filterspark.demo import zoo
 
     zoo.add_arguments(parser)
 
 
 def run_demo_zoo(args: argparse.Namespace) -> int:
-    from . import zoo
+    from filterspark.demo import zoo
 
     return zoo.run(args)
 
@@ -91,7 +91,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest checkpoint file a task loads, e.g. 2g (0: no limit); larger models fail alone "
         "(default: spark.filterspark.maxModelBytes, else derived from the executors' Python memory)",
     )
-    from .quality import QualityThresholds
+    from filterspark.kernels.quality import QualityThresholds
 
     for name, value in vars(QualityThresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
@@ -101,7 +101,7 @@ def _demo_catalog(zoo_dir: str) -> str:
     catalog = Path(zoo_dir) / "catalog.csv"
     if catalog.exists():
         return str(catalog)
-    from .zoo import build_demo_zoo
+    from filterspark.demo.zoo import build_demo_zoo
 
     print(f"building the demo zoo in {zoo_dir} ...", flush=True)
     return str(build_demo_zoo(zoo_dir))
@@ -109,11 +109,11 @@ def _demo_catalog(zoo_dir: str) -> str:
 
 def run_extract(args: argparse.Namespace) -> int:
     """The extraction job (``spark-submit jobs/extract.py``)."""
-    from .catalog import CatalogError, read_catalog
-    from .extract_job import ExtractOptions, run_extraction
-    from .devices import default_gpus_per_task
-    from .quality import QualityThresholds
-    from .session import build_session
+    from filterspark.sources.catalog import CatalogError, read_catalog
+    from filterspark.pipelines.extract import ExtractOptions, run_extraction
+    from filterspark.engine.resources import default_gpus_per_task
+    from filterspark.kernels.quality import QualityThresholds
+    from filterspark.engine.session import build_session
 
     catalog = args.catalog or _demo_catalog(args.zoo_dir)
     try:
@@ -147,8 +147,8 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
-    from .analyze_job import DEFAULT_BY
-    from .shifts import N_BINS
+    from filterspark.pipelines.analyze import DEFAULT_BY
+    from filterspark.kernels.shifts import N_BINS
 
     _add_common(parser)
     parser.add_argument(
@@ -171,8 +171,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """The analysis job (``spark-submit jobs/analyze.py``)."""
-    from .analyze_job import AnalyzeError, AnalyzeOptions, run_analysis
-    from .session import build_session
+    from filterspark.pipelines.analyze import AnalyzeError, AnalyzeOptions, run_analysis
+    from filterspark.engine.session import build_session
 
     by = tuple(d.strip() for d in args.by.split(",") if d.strip()) if args.by else None
     options = AnalyzeOptions(
@@ -242,7 +242,7 @@ def format_rows(columns: list[str], rows: list, fmt: str, out=None) -> None:
 
 def run_sql(args: argparse.Namespace) -> int:
     """Run one SQL statement against the warehouse's registered tables."""
-    from .session import build_session
+    from filterspark.engine.session import build_session
 
     spark = build_session(app_name="filterspark-sql", warehouse=args.warehouse, database=args.database)
     df = spark.sql(args.query)
@@ -256,7 +256,7 @@ def run_sql(args: argparse.Namespace) -> int:
 
 
 def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import quality_report
+    from filterspark.outputs import quality_report
 
     _add_common(parser)
     quality_report.add_arguments(parser)
@@ -264,7 +264,7 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_quality(args: argparse.Namespace) -> int:
     """Per-layer quality of one model, or the models ranked by degeneration."""
-    from . import quality_report
+    from filterspark.outputs import quality_report
 
     return quality_report.run(args)
 
@@ -280,13 +280,13 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="map every task label containing 'Segmentation' to 'Segmentation' (the authors' recommendation)",
     )
-    from .import_job import DEFAULT_ROWS_PER_TASK
+    from filterspark.pipelines.importer import DEFAULT_ROWS_PER_TASK
 
     parser.add_argument(
         "--rows-per-task", type=int, default=DEFAULT_ROWS_PER_TASK, help=f"filters per Spark task (default {DEFAULT_ROWS_PER_TASK:,})"
     )
     parser.add_argument("--force", action="store_true", help="re-import models even when unchanged")
-    from .quality import QualityThresholds
+    from filterspark.kernels.quality import QualityThresholds
 
     for name, value in vars(QualityThresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
@@ -294,10 +294,10 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_import_filterdb(args: argparse.Namespace) -> int:
     """The CNN Filter DB import job (``spark-submit jobs/import_filterdb.py``)."""
-    from .filterdb_h5 import FilterDBFormatError, read_filterdb
-    from .import_job import ImportOptions, run_import
-    from .quality import QualityThresholds
-    from .session import build_session
+    from filterspark.sources.filterdb_h5 import FilterDBFormatError, read_filterdb
+    from filterspark.pipelines.importer import ImportOptions, run_import
+    from filterspark.kernels.quality import QualityThresholds
+    from filterspark.engine.session import build_session
 
     try:
         db = read_filterdb(args.h5, normalise_tasks=args.normalise_tasks)
@@ -325,7 +325,7 @@ def run_import_filterdb(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import report
+    from filterspark.outputs import report
 
     _add_common(parser)
     report.add_arguments(parser)
@@ -333,20 +333,20 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Every figure and the summary tables as a static HTML page."""
-    from . import report
+    from filterspark.outputs import report
 
     return report.run(args)
 
 
 def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import notebook
+    from filterspark.outputs import notebooks as notebook
 
     notebook.add_arguments(parser)
 
 
 def run_notebook(args: argparse.Namespace) -> int:
     """Execute a Databricks source notebook locally."""
-    from . import notebook
+    from filterspark.outputs import notebooks as notebook
 
     return notebook.run(args)
 

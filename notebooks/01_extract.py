@@ -20,7 +20,7 @@ dbutils.widgets.text("zoo_dir", "demo_zoo", "Where the demo zoo is built")
 
 # COMMAND ----------
 
-from filterspark.session import build_session
+from filterspark.engine.session import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
@@ -33,11 +33,11 @@ spark = build_session(app_name="filterspark-extract", warehouse=warehouse, datab
 # DBTITLE 1,The catalog
 from pathlib import Path
 
-from filterspark.catalog import read_catalog
+from filterspark.sources.catalog import read_catalog
 
 catalog = dbutils.widgets.get("catalog")
 if not catalog:
-    from filterspark.zoo import build_demo_zoo
+    from filterspark.demo.zoo import build_demo_zoo
 
     zoo_catalog = Path(dbutils.widgets.get("zoo_dir")) / "catalog.csv"
     catalog = str(zoo_catalog) if zoo_catalog.exists() else str(build_demo_zoo(zoo_catalog.parent))
@@ -47,7 +47,7 @@ print(f"{len(entries)} models in {catalog}")
 # COMMAND ----------
 
 # DBTITLE 1,Extract
-from filterspark.extract_job import ExtractOptions, run_extraction
+from filterspark.pipelines.extract import ExtractOptions, run_extraction
 
 report = run_extraction(spark, entries, ExtractOptions(warehouse=warehouse, database=database))
 print("\n".join(report.lines()))

@@ -16,7 +16,7 @@ dbutils.widgets.text("where", "", "Scope: SQL predicate over filter and model co
 
 # COMMAND ----------
 
-from filterspark.session import build_session
+from filterspark.engine.session import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
@@ -25,7 +25,7 @@ spark = build_session(app_name="filterspark-analyze", warehouse=warehouse, datab
 # COMMAND ----------
 
 # DBTITLE 1,Run the analysis
-from filterspark.analyze_job import AnalyzeOptions, run_analysis
+from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 
 by = tuple(d.strip() for d in dbutils.widgets.get("by").split(",") if d.strip()) or None
 where = dbutils.widgets.get("where") or None

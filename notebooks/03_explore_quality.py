@@ -14,7 +14,7 @@ dbutils.widgets.text("group_by", "health", "Model groups: health, a models colum
 
 # COMMAND ----------
 
-from filterspark.session import build_session
+from filterspark.engine.session import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
@@ -54,7 +54,7 @@ spark = build_session(app_name="filterspark-quality", warehouse=warehouse, datab
 # COMMAND ----------
 
 # DBTITLE 1,Entropy vs. sparsity, and per depth decile
-from filterspark import plots, report_data
+from filterspark.outputs import plots, report_data
 
 layers = report_data.quality_layers(spark, database, dbutils.widgets.get("group_by"))
 display(plots.entropy_sparsity_scatter(layers))

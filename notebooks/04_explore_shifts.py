@@ -15,7 +15,7 @@ dbutils.widgets.text("dimension", "visual_category", "Dimension of the heatmap")
 
 # COMMAND ----------
 
-from filterspark.session import build_session
+from filterspark.engine.session import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
@@ -62,7 +62,7 @@ spark = build_session(app_name="filterspark-shifts", warehouse=warehouse, databa
 # COMMAND ----------
 
 # DBTITLE 1,Heatmap and box plot
-from filterspark import plots
+from filterspark.outputs import plots
 
 shifts = spark.sql(
     "SELECT dimension, group_a, group_b, shift FROM filterdb.shifts_latest WHERE scope = 'all'"

@@ -17,7 +17,7 @@ dbutils.widgets.text("report_out", "", "Also write the HTML report to this local
 
 # COMMAND ----------
 
-from filterspark.session import build_session
+from filterspark.engine.session import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
@@ -32,7 +32,7 @@ spark = build_session(app_name="filterspark-figures", warehouse=warehouse, datab
 # COMMAND ----------
 
 # DBTITLE 1,The run the figures are drawn from
-from filterspark import report_data
+from filterspark.outputs import report_data
 
 run = report_data.analysis_run(spark, database, dbutils.widgets.get("run_id") or None)
 print("no analysis run: only the quality figures" if run is None else
@@ -41,7 +41,7 @@ print("no analysis run: only the quality figures" if run is None else
 # COMMAND ----------
 
 # DBTITLE 1,Every figure (and the HTML report when report_out is set)
-from filterspark.report import ReportOptions, build_figures, build_report
+from filterspark.outputs.report import ReportOptions, build_figures, build_report
 
 report_out = dbutils.widgets.get("report_out")
 options = ReportOptions(warehouse=warehouse, out=report_out or "report", database=database,

@@ -122,7 +122,7 @@ class ProcGroup:
 
 def submit_cmd(master: str, app: str | Path, app_args: list[str], conf: dict[str, str], properties_file: Path | None = None) -> list[str]:
     """A ``spark-submit`` command line with Delta's package and the given settings."""
-    from filterspark.session import delta_maven_coordinate
+    from filterspark.engine.session import delta_maven_coordinate
 
     cmd = [spark_bin("spark-submit"), "--master", master, "--packages", delta_maven_coordinate()]
     if properties_file:

@@ -25,7 +25,7 @@ TEST_SPARK_CONF = {
 
 @pytest.fixture(scope="session")
 def spark():
-    from filterspark.session import build_session
+    from filterspark.engine.session import build_session
 
     session = build_session(app_name="filterspark-tests", master="local[2]", conf=TEST_SPARK_CONF)
     yield session
@@ -35,7 +35,7 @@ def spark():
 @pytest.fixture(scope="session")
 def demo_zoo(tmp_path_factory) -> Path:
     """The demo zoo, built once per run; returns the catalog path."""
-    from filterspark.zoo import build_demo_zoo
+    from filterspark.demo.zoo import build_demo_zoo
 
     return Path(build_demo_zoo(tmp_path_factory.mktemp("zoo")))
 
@@ -43,8 +43,8 @@ def demo_zoo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_warehouse(spark, demo_zoo, tmp_path_factory):
     """A warehouse with the demo zoo extracted into it (database ``filterdb``)."""
-    from filterspark.catalog import read_catalog
-    from filterspark.extract_job import ExtractOptions, run_extraction
+    from filterspark.sources.catalog import read_catalog
+    from filterspark.pipelines.extract import ExtractOptions, run_extraction
 
     warehouse = str(tmp_path_factory.mktemp("warehouse"))
     report = run_extraction(spark, read_catalog(demo_zoo), ExtractOptions(warehouse=warehouse))
@@ -54,7 +54,7 @@ def demo_warehouse(spark, demo_zoo, tmp_path_factory):
 @pytest.fixture
 def use_warehouse(spark):
     """Point the session's ``filterdb`` tables at a warehouse (tests share one session)."""
-    from filterspark.session import register_tables
+    from filterspark.engine.session import register_tables
 
     def _use(warehouse: str, database: str = "filterdb") -> None:
         register_tables(spark, warehouse, database)
@@ -68,8 +68,8 @@ def analyzed_warehouse(spark, demo_warehouse, tmp_path_factory):
     run (default dimensions) written; ``analysis`` is the run's AnalyzeReport."""
     import shutil
 
-    from filterspark.analyze_job import AnalyzeOptions, run_analysis
-    from filterspark.session import register_tables
+    from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
+    from filterspark.engine.session import register_tables
 
     warehouse = str(tmp_path_factory.mktemp("analyzed") / "warehouse")
     shutil.copytree(demo_warehouse["warehouse"], warehouse)

@@ -17,9 +17,9 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
-from filterspark.analyze_job import AnalyzeOptions, run_analysis
-from filterspark.session import register_tables
-from filterspark.session import table_path
+from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
+from filterspark.engine.session import register_tables
+from filterspark.engine.session import table_path
 
 REPO = Path(__file__).resolve().parents[1]
 W = [f"w{i}" for i in range(9)]
@@ -194,7 +194,7 @@ DEMO_DIMS = ["task", "visual_category", "training_dataset", "family", "depth_dec
 @pytest.fixture(scope="module")
 def demo_analysis(spark, demo_warehouse, tmp_path_factory):
     """The demo warehouse copied (other tests' view of it stays untouched), then analysed."""
-    from filterspark.session import register_tables
+    from filterspark.engine.session import register_tables
 
     warehouse = str(tmp_path_factory.mktemp("analysis") / "warehouse")
     shutil.copytree(demo_warehouse["warehouse"], warehouse)
@@ -256,9 +256,9 @@ SYNTH_DIMS = ["task", "family", "variant", "depth_decile"]
 def write_synthetic(spark, warehouse: str, per_layer: int = 400) -> None:
     """models + filters through the project's schemas: 8 ok models, one failed model whose
     filters must be ignored, one NaN filter, an all-zero filter, a NULL depth."""
-    from filterspark.schemas import FILTERS, MODELS, arrow_schema
-    from filterspark.session import register_tables
-    from filterspark.tables import ensure_tables, rows_frame
+    from filterspark.delta.schemas import FILTERS, MODELS, arrow_schema
+    from filterspark.engine.session import register_tables
+    from filterspark.delta.tables import ensure_tables, rows_frame
 
     import pyarrow as pa
 
@@ -368,8 +368,8 @@ def test_where_scope_cli_coefficients_and_latest_views(spark, synthetic):
     """The CLI with --where (scopes the basis), --bins and --write-coefficients; runs keep
     history and ``<table>_latest`` shows the latest complete run of each scope."""
     from filterspark.cli import main
-    from filterspark.schemas import ANALYSIS_RUNS
-    from filterspark.tables import rows_frame
+    from filterspark.delta.schemas import ANALYSIS_RUNS
+    from filterspark.delta.tables import rows_frame
 
     warehouse, first = synthetic
     where = "task IN ('A', 'C') AND conv_depth_norm <= 0.3"
@@ -421,8 +421,8 @@ def test_cli_rejects_bad_requests(spark, synthetic, capsys):
 
 
 def test_partition_accumulator_is_batch_invariant_and_assembles():
-    from filterspark import coefficients as co
-    from filterspark.pca import moments, pca_direct, project, scale_filters
+    from filterspark.kernels import coefficients as co
+    from filterspark.kernels.pca import moments, pca_direct, project, scale_filters
 
     rng = np.random.default_rng(3)
     scaled = scale_filters(_smooth(rng, 3000))
@@ -458,7 +458,7 @@ def test_partition_accumulator_is_batch_invariant_and_assembles():
 
 
 def test_quantiles_from_counts_within_one_bin():
-    from filterspark.coefficients import quantiles_from_counts
+    from filterspark.kernels.coefficients import quantiles_from_counts
 
     rng = np.random.default_rng(5)
     v = np.r_[rng.standard_normal(5000), rng.uniform(2, 3, 500)]

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from filterspark import devices
-from filterspark.devices import max_model_bytes, parse_size, plan_gpus, task_device
+from filterspark.engine import resources as devices
+from filterspark.engine.resources import max_model_bytes, parse_size, plan_gpus, task_device
 
 from clusters import (
     REPO,
@@ -109,7 +109,7 @@ def test_task_without_gpu_never_grabs_one(assigned, monkeypatch):
 def test_cuda_less_executor_falls_back_with_a_warning(assigned, monkeypatch, caplog):
     _fake_cuda(monkeypatch, 0)
     assigned(["1"])
-    with caplog.at_level(logging.WARNING, logger="filterspark.devices"):
+    with caplog.at_level(logging.WARNING, logger="filterspark.engine.resources"):
         device, note = task_device()
     assert device == "cpu"
     assert "Spark assigned GPU 1" in note and "CUDA is not available" in note
@@ -150,7 +150,7 @@ def test_plan_gpus(conf, requested, mode, gpus):
 
 
 def test_extraction_profile_is_task_level_gpu_request():
-    from filterspark.extract_job import extraction_profile
+    from filterspark.pipelines.extract import extraction_profile
 
     assert extraction_profile(0) is None
     profile = extraction_profile(0.5)
@@ -208,8 +208,8 @@ def demo_rows(catalog: Path) -> list[dict]:
 
 
 def test_model_too_large_for_executor_fails_alone(spark, demo_zoo, tmp_path):
-    from filterspark.catalog import read_catalog
-    from filterspark.extract_job import ExtractOptions, run_extraction
+    from filterspark.sources.catalog import read_catalog
+    from filterspark.pipelines.extract import ExtractOptions, run_extraction
 
     rows = demo_rows(demo_zoo)
     sizes = {r["name"]: os.path.getsize(r["path"]) for r in rows}
@@ -276,8 +276,8 @@ def test_conf_files_plan_as_documented():
 def test_real_gpu_extraction_equals_cpu(assigned, tmp_path):
     from torch import nn
 
-    from filterspark.catalog import CatalogEntry
-    from filterspark.extraction import extract_model
+    from filterspark.sources.catalog import CatalogEntry
+    from filterspark.pipelines.extract_task import extract_model
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 64, 3), nn.Conv2d(64, 128, 3, groups=2), nn.Conv2d(128, 256, 3), nn.Conv2d(256, 16, 1))
@@ -414,9 +414,9 @@ def test_gpu_cluster_tables_equal_local_and_devices_recorded(spark, standalone, 
 def test_executor_loss_mid_extraction_gives_exact_tables(spark, standalone, demo_warehouse, tmp_path):
     """Kill an executor JVM (SIGKILL) while it runs extraction tasks: Spark re-runs them
     elsewhere and the tables equal the clean run — no duplicate, no missing filter."""
-    from filterspark.extract_job import TEST_DELAY_ENV
+    from filterspark.pipelines.extract import TEST_DELAY_ENV
 
-    from filterspark.catalog import model_id_for
+    from filterspark.sources.catalog import model_id_for
 
     rows = sorted(demo_rows(Path(demo_warehouse["catalog"])), key=lambda r: r["name"])[:8]
     catalog = _write_catalog(tmp_path / "catalog.csv", rows)

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from filterspark.catalog import CatalogError, model_id_for, read_catalog
-from filterspark.extract_job import ExtractOptions, run_extraction
-from filterspark.session import table_path
+from filterspark.sources.catalog import CatalogError, model_id_for, read_catalog
+from filterspark.pipelines.extract import ExtractOptions, run_extraction
+from filterspark.engine.session import table_path
 
 FORMAT_FILES = {
     "tiny-pt": ("state_dict.pt", "pytorch"),
@@ -334,8 +334,8 @@ def test_tables_registered_by_name_and_sql_cli(spark, extracted, capsys):
 
 def test_registering_another_warehouse_drops_names_it_lacks(spark, extracted, tmp_path):
     """Names left from a previously registered warehouse must not answer for the next one."""
-    from filterspark.session import register_tables
-    from filterspark.tables import ensure_table
+    from filterspark.engine.session import register_tables
+    from filterspark.delta.tables import ensure_table
 
     other = str(tmp_path / "other")
     ensure_table(spark, other, "filterdb", "models")
@@ -350,7 +350,7 @@ def test_registering_another_warehouse_drops_names_it_lacks(spark, extracted, tm
 
 
 def test_local_defaults_match_conf_file():
-    from filterspark.session import DELTA_SETTINGS, LOCAL_DEFAULTS
+    from filterspark.engine.session import DELTA_SETTINGS, LOCAL_DEFAULTS
 
     conf = {}
     for line in (Path(__file__).resolve().parents[1] / "conf" / "local.conf").read_text().splitlines():
@@ -364,7 +364,7 @@ def test_local_defaults_match_conf_file():
 def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_path, monkeypatch):
     """A job dying after writing filters but before its ``models`` commit record leaves no
     visible model, and the next run replaces the orphaned rows instead of duplicating them."""
-    import filterspark.extract_job as extract_job
+    import filterspark.pipelines.extract as extract_job
 
     rows = [{"name": "crashy", "path": str(zoo["folder"] / "scripted.ts"), "task": "classification"}]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
@@ -429,7 +429,7 @@ def test_files_and_spark_write_paths_give_identical_tables(spark, zoo, extracted
 
 
 def test_plan_tasks_balances_bytes():
-    from filterspark.extract_job import plan_tasks
+    from filterspark.pipelines.extract import plan_tasks
 
     jobs = [(f"m{i}", size) for i, size in enumerate([100, 90, 10, 10, 10, 10, 10, 10, 30, None])]
     groups = plan_tasks(jobs, cores=1)
@@ -443,7 +443,7 @@ def test_plan_tasks_balances_bytes():
 
 
 def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path, monkeypatch):
-    import filterspark.extract_job as extract_job
+    import filterspark.pipelines.extract as extract_job
 
     rows = [{"name": n, "path": str(zoo["folder"] / FORMAT_FILES[n][0]), "task": "classification"}
             for n in ("tiny-pt", "tiny-safetensors")]
@@ -485,7 +485,7 @@ def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
     rows = [{"name": "cm-model", "path": str(zoo["folder"] / "state_dict.pt"), "task": "classification"}]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     warehouse = str(tmp_path / "wh")
-    from filterspark.tables import ensure_tables
+    from filterspark.delta.tables import ensure_tables
 
     paths = ensure_tables(spark, warehouse, "filterdb")
     spark.sql(
@@ -501,7 +501,7 @@ def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
     spark.sql(f"ALTER TABLE delta.`{paths['layers']}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
     spark.sql(f"DELETE FROM delta.`{paths['layers']}` WHERE layer_index = 0")
     assert read_table(spark, warehouse, "layers").count() == 4
-    from filterspark.delta_files import rewrite_rows
+    from filterspark.delta.jvm import rewrite_rows
 
     layers = read_table(spark, warehouse, "layers")
     assert rewrite_rows(spark, paths["layers"], "model_id", [model_id_for("cm-model")],
@@ -537,7 +537,7 @@ def test_driver_rewrite_keeps_rows_spark_wrote(spark, zoo, tmp_path):
 def test_without_deltas_transaction_api_spark_writes(spark, zoo, tmp_path, monkeypatch):
     """A runtime whose Delta build lacks open-source Delta's transaction classes (e.g. a
     vendor's own) gets Spark's writer, with the reason in the report."""
-    import filterspark.extract_job as extract_job
+    import filterspark.pipelines.extract as extract_job
 
     monkeypatch.setattr(extract_job, "transaction_api_available", lambda spark: False)
     rows = [{"name": "api-model", "path": str(zoo["folder"] / "state_dict.pt"), "task": "classification"}]
@@ -551,7 +551,7 @@ def test_without_deltas_transaction_api_spark_writes(spark, zoo, tmp_path, monke
 def test_table_location_with_foreign_files_fails_clearly(spark, tmp_path, leftover):
     """A half-created table (another job's ``_delta_log`` without its first commit, or its
     first files) is retried; what never becomes a Delta table fails with a clear message."""
-    from filterspark.tables import TableBeingCreated, ensure_table
+    from filterspark.delta.tables import TableBeingCreated, ensure_table
 
     location = Path(table_path(str(tmp_path), "filterdb", "models"))
     location.mkdir(parents=True)

@@ -10,15 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filterspark.extraction import filter_batch
-from filterspark.filter_files import (
+from filterspark.pipelines.extract_task import filter_batch
+from filterspark.delta.parquet_files import (
     ColumnStats,
     PartitionFileWriter,
     committed_paths,
     tagged_files,
     write_partition,
 )
-from filterspark.schemas import FILTERS
+from filterspark.delta.schemas import FILTERS
 
 
 def batches(model_id: int, sizes: list[int], meta=("classification", None, "mnist", "cnn"), seed: int = 0):
@@ -120,8 +120,8 @@ def test_column_stats_leave_out_what_they_cannot_state_exactly():
 
 
 def test_balanced_groups_and_scan_file_groups():
-    from filterspark.balance import balanced_groups
-    from filterspark.filter_scan import TASK_BYTES, plan_file_groups
+    from filterspark.kernels.balance import balanced_groups
+    from filterspark.engine.scans import TASK_BYTES, plan_file_groups
 
     groups = balanced_groups([("a", 10), ("b", 9), ("c", 1), ("d", 1), ("e", 5), ("f", 0)], 3)
     assert groups == [["a"], ["b"], ["e", "c", "d", "f"]]  # heaviest first onto the lightest group

@@ -15,16 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
-from filterspark import pca, shifts
-from filterspark.catalog import model_id_for
-from filterspark.filterdb_h5 import (
+from filterspark.kernels import pca, shifts
+from filterspark.sources.catalog import model_id_for
+from filterspark.sources.filterdb_h5 import (
     FilterDBFormatError,
     normalise_task,
     parse_filter_ids,
     plan_units,
     read_filterdb,
 )
-from filterspark.quality import layer_quality
+from filterspark.kernels.quality import layer_quality
 
 # name, published id, Task, visual category, training set, layer sizes (filters) with depths
 MODELS = [
@@ -258,7 +258,7 @@ def test_cli_reports_a_non_conforming_file(tmp_path, capsys):
 
 
 def _import(spark, path, warehouse, **kwargs):
-    from filterspark.import_job import ImportOptions, run_import
+    from filterspark.pipelines.importer import ImportOptions, run_import
 
     db = read_filterdb(str(path), normalise_tasks=kwargs.pop("normalise_tasks", False))
     return db, run_import(spark, db, ImportOptions(warehouse=str(warehouse), **kwargs))
@@ -278,7 +278,7 @@ def imported(request, spark, tmp_path_factory):
 
 
 def _table(spark, imported, name):
-    from filterspark.session import table_path
+    from filterspark.engine.session import table_path
 
     return spark.read.format("delta").load(table_path(imported["warehouse"], "filterdb", name))
 
@@ -349,7 +349,7 @@ def test_models_rows(spark, imported):
 def test_reimport_skips_unchanged_models(spark, imported):
     if imported["normalise"]:
         pytest.skip("one re-run is enough")
-    from filterspark.import_job import ImportOptions, run_import
+    from filterspark.pipelines.importer import ImportOptions, run_import
 
     report = run_import(spark, imported["db"], ImportOptions(warehouse=imported["warehouse"]))
     assert report.skipped == len(MODELS) and report.imported == 0 and report.filters_written == 0
@@ -375,7 +375,7 @@ def _file_groups(imported):
 
 def test_pca_from_spark_moments_matches_numpy_on_the_file(spark, imported):
     """PCA of the scaled filters: 9 sums + 45 products aggregated by Spark from the imported table
-    (finished with ``filterspark.pca``) equal a direct numpy PCA of the file's rows."""
+    (finished with ``filterspark.kernels.pca``) equal a direct numpy PCA of the file's rows."""
     x, _ = _file_groups(imported)
     reference = pca.pca_direct(pca.scale_filters(x))
 

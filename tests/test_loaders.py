@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 from torch import nn
 
-from filterspark.loaders import FORMATS, LoadError, load_model, normalize_format, sniff_format
-from filterspark.loaders.onnx_graph import node_levels
+from filterspark.sources.loaders import FORMATS, LoadError, load_model, normalize_format, sniff_format
+from filterspark.sources.loaders.onnx_graph import node_levels
 
 N_3X3 = 8 * 1 + 16 * 4 + 16 * 4  # conv1 + conv2 (groups=2) + deconv; conv3 is 1x1
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from filterspark.cli import main
-from filterspark.notebook import NotebookError, parse_notebook, run_notebook, split_sql
-from filterspark.session import register_tables
+from filterspark.outputs.notebooks import NotebookError, parse_notebook, run_notebook, split_sql
+from filterspark.engine.session import register_tables
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))

@@ -7,7 +7,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
-from filterspark.pca import (
+from filterspark.kernels.pca import (
     FilterMoments,
     PCABasis,
     moments,
@@ -18,7 +18,7 @@ from filterspark.pca import (
     scale_filters,
     upper_triangle_pairs,
 )
-from filterspark.shifts import (
+from filterspark.kernels.shifts import (
     EMPTY_BIN,
     batch_range,
     bin_edges,

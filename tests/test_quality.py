@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from filterspark.quality import QualityThresholds, layer_quality
-from filterspark.quality_report import WORST_MODELS_SQL
+from filterspark.kernels.quality import QualityThresholds, layer_quality
+from filterspark.outputs.quality_report import WORST_MODELS_SQL
 from quality_reference import ref_metrics  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _nan(v) -> float:
 def zoo(spark, demo_warehouse) -> dict:
     """The extracted demo zoo as pandas frames: 3x3 layers (with model name and variant),
     models, and each 3x3 layer's n x 9 weights rebuilt from ``filters``."""
-    from filterspark.session import register_tables
+    from filterspark.engine.session import register_tables
 
     wh, db = demo_warehouse["warehouse"], demo_warehouse["database"]
     register_tables(spark, wh, db)
@@ -267,10 +267,10 @@ def test_nonfinite_weights_end_to_end(spark, tmp_path, capsys):
     """A checkpoint with NaN and Inf weights in one layer: the layer reports them and gets
     NULL metrics and no flags, the model roll-up is over the other layers only, and SQL
     aggregates over ``layers`` stay finite."""
-    from filterspark.catalog import read_catalog
+    from filterspark.sources.catalog import read_catalog
     from filterspark.cli import main
-    from filterspark.extract_job import ExtractOptions, run_extraction
-    from filterspark.zoo_models import PlainCNN
+    from filterspark.pipelines.extract import ExtractOptions, run_extraction
+    from filterspark.demo.models import PlainCNN
 
     torch.manual_seed(0)
     sd = PlainCNN(1, 10).state_dict()

@@ -1,4 +1,4 @@
-"""filterspark.quality against an independent numpy implementation of the published formulas."""
+"""filterspark.kernels.quality against an independent numpy implementation of the published formulas."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from filterspark import quality as Q
-from filterspark.quality import LayerQuality, QualityThresholds, layer_quality, model_quality
+from filterspark.kernels import quality as Q
+from filterspark.kernels.quality import LayerQuality, QualityThresholds, layer_quality, model_quality
 from quality_reference import ref_entropy, ref_metrics, ref_th  # tests/ is on sys.path
 
 TOL = 1e-6

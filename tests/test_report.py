@@ -1,4 +1,4 @@
-"""Figures (filterspark.plots), their Spark aggregates (report_data) and the HTML report.
+"""Figures (filterspark.outputs.plots), their Spark aggregates (report_data) and the HTML report.
 
 Each plot is drawn from the demo-zoo tables, rendered to PNG, and the data the figure
 shows (image arrays, line and point coordinates, box extents) is compared with the rows
@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from filterspark import plots
-from filterspark import report_data as rd
-from filterspark.session import register_tables
+from filterspark.outputs import plots
+from filterspark.outputs import report_data as rd
+from filterspark.engine.session import register_tables
 
 DEPTH = ["[0.0,0.1]"] + [f"({k / 10:.1f},{(k + 1) / 10:.1f}]" for k in range(1, 10)]
 CHROMIUM_FLAGS = [
@@ -284,7 +284,7 @@ def expected_figures(run: dict, result) -> list[str]:
 
 @pytest.fixture(scope="module")
 def report(spark, analysed, tmp_path_factory):
-    from filterspark.report import ReportOptions, build_report
+    from filterspark.outputs.report import ReportOptions, build_report
 
     warehouse, run = analysed
     out = tmp_path_factory.mktemp("report") / "report"

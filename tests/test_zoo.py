@@ -13,8 +13,8 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
-from filterspark import zoo, zoo_models
-from filterspark.zoo import CATALOG_COLUMNS, build_demo_zoo
+from filterspark.demo import zoo, zoo_models
+from filterspark.demo.zoo import CATALOG_COLUMNS, build_demo_zoo
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 

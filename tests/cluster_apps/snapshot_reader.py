@@ -16,7 +16,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from filterspark.session import build_session, table_path
+from filterspark.engine.session import build_session, table_path
 
 
 def main(warehouse: str, expected: int, seconds: float) -> None:

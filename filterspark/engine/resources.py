@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from typing import Mapping
 
-log = logging.getLogger("filterspark.devices")
+log = logging.getLogger("filterspark.engine.resources")
 
 # --- the task's device ------------------------------------------------------------------------
 

@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import SparkSession
 
-from .balance import balanced_groups
-from .catalog import CatalogEntry
-from .delta_files import (
+from filterspark.kernels.balance import balanced_groups
+from filterspark.sources.catalog import CatalogEntry
+from filterspark.delta.jvm import (
     discard_unreferenced,
     file_write_blockers,
     local_path,
@@ -43,12 +43,12 @@ from .delta_files import (
     table_detail,
     transaction_api_available,
 )
-from .devices import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
-from .quality import QualityThresholds
-from .phases import Phases
-from .schemas import FILTERS, FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
-from .session import DEFAULT_DATABASE, register_tables
-from .tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows, with_conflict_retry
+from filterspark.engine.resources import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
+from filterspark.kernels.quality import QualityThresholds
+from filterspark.engine.phases import Phases
+from filterspark.delta.schemas import FILTERS, FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
+from filterspark.engine.session import DEFAULT_DATABASE, register_tables
+from filterspark.delta.tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows, with_conflict_retry
 
 log = logging.getLogger("filterspark.extract")
 
@@ -137,7 +137,7 @@ def _existing_fingerprints(spark: SparkSession, models_path: str, ids: list[int]
 
 def _checksums(spark: SparkSession, entries: list[CatalogEntry]) -> dict[str, dict]:
     """Stage 1: executors checksum the files (they, not the driver, see the model storage)."""
-    from .extraction import checksum_or_error
+    from filterspark.pipelines.extract_task import checksum_or_error
 
     pairs = [(e.name, e.path) for e in entries]
     slices = max(1, min(len(pairs), spark.sparkContext.defaultParallelism * 2))
@@ -210,7 +210,7 @@ def plan_tasks(jobs: list[tuple[str, int | None]], cores: int, models_per_task: 
 
 def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds, delay: float):
     """One model of a task: the payload built by the driver → its ``ModelExtraction``."""
-    from .extraction import extract_model
+    from filterspark.pipelines.extract_task import extract_model
 
     job = json.loads(payload)
     entry = CatalogEntry.from_dict(job["entry"])
@@ -225,7 +225,7 @@ def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds,
 def _task_extractions(groups, thresholds: QualityThresholds):
     """The models of a task's groups (JSON lists of payloads), extracted one after the other
     on the task's device."""
-    from .devices import task_device
+    from filterspark.engine.resources import task_device
 
     device, note = task_device()
     delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
@@ -251,7 +251,7 @@ def _make_file_task(thresholds: QualityThresholds, filters_root: str, file_tag: 
     the filter rows written as Parquet files into the model's partition directory."""
 
     def extract_partition(index, groups):
-        from .filter_files import write_partition
+        from filterspark.delta.parquet_files import write_partition
 
         for result in _task_extractions(groups, thresholds):
             partition = {"model_id": result.summary["model_id"]}
@@ -283,7 +283,7 @@ def write_path(spark: SparkSession, filters_path: str, requested: str) -> tuple[
 
 def _run_files(root: str, ids: list[int], file_tag: str) -> list[str]:
     """The files (relative paths) this run's tasks wrote into the models' partitions."""
-    from .filter_files import tagged_files
+    from filterspark.delta.parquet_files import tagged_files
 
     return tagged_files(root, [f"model_id={i}" for i in ids], file_tag)
 
@@ -292,7 +292,7 @@ def _write_filters_as_files(
     spark, groups: list[str], profile, options, root, table, ids, phase: Phases
 ) -> list[tuple[dict, list]]:
     """The files path: tasks write Parquet, the driver commits every file in one Delta transaction."""
-    from .filter_files import committed_paths, remove_files
+    from filterspark.delta.parquet_files import committed_paths, remove_files
 
     file_tag = uuid.uuid4().hex[:16]
     rdd = spark.sparkContext.parallelize(groups, max(1, len(groups)))
@@ -326,7 +326,7 @@ def _replace_model_rows(
     if direct:
         import pyarrow as pa
 
-        from .schemas import arrow_schema
+        from filterspark.delta.schemas import arrow_schema
 
         table = pa.Table.from_pylist([{k: r.get(k) for k in schema.fieldNames()} for r in rows], schema=arrow_schema(schema))
         tag = uuid.uuid4().hex[:16]
@@ -378,7 +378,7 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     for entry, fp in todo:
         reason = too_large_reason(checks[entry.name]["file_size"], limit, limit_source)
         if reason:
-            from .extraction import failed_summary  # torch: imported only when needed
+            from filterspark.pipelines.extract_task import failed_summary  # torch: imported only when needed
 
             file_fields = {k: checks[entry.name][k] for k in ("checksum", "file_size")}
             results[entry.model_id] = (failed_summary(entry, reason, **file_fields), [])

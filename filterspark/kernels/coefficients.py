@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .pca import N_WEIGHTS, FilterMoments, PCABasis, moments
-from .shifts import bin_ids_2d, counts_from_bin_ids, normalised_histogram, shift
+from filterspark.kernels.pca import N_WEIGHTS, FilterMoments, PCABasis, moments
+from filterspark.kernels.shifts import bin_ids_2d, counts_from_bin_ids, normalised_histogram, shift
 
 #: Depth groups: deciles of ``conv_depth_norm``, ``[0.0,0.1], (0.1,0.2], …, (0.9,1.0]``.
 DEPTH_EDGES = tuple(k / 10 for k in range(1, 10))
@@ -262,7 +262,7 @@ def quantiles_from_counts(counts: np.ndarray, lo: float, hi: float, qs: list[flo
     statistic is placed evenly inside its bin. Every order statistic, hence every result,
     lies within one bin width of the exact ``np.quantile``. NaN for an empty row.
     """
-    from .shifts import bin_edges
+    from filterspark.kernels.shifts import bin_edges
 
     c = np.asarray(counts, dtype=np.int64)
     edges = bin_edges(lo, hi, c.shape[-1])

@@ -1,6 +1,6 @@
 """Spark orchestration of the CNN Filter DB import: ``dataset.h5`` -> Delta ``filters``, ``layers``, ``models``.
 
-The driver reads only ``meta`` and the header of ``filters`` (:mod:`filterspark.filterdb_h5`)
+The driver reads only ``meta`` and the header of ``filters`` (:mod:`filterspark.sources.filterdb_h5`)
 and cuts the layers into work units of consecutive rows. Each Spark task opens the HDF5
 file itself (a path every executor can read: NFS, Lustre, a FUSE mount such as
 ``/dbfs/...``), reads its units one layer at a time with h5py, computes the layer's
@@ -22,12 +22,12 @@ from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
-from .extract_job import ListAccumulator
-from .filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
-from .quality import LayerQuality, QualityThresholds, model_quality
-from .schemas import FILTER_METADATA, FILTERS, LAYERS, MODEL_QUALITY_FIELDS, MODELS
-from .session import DEFAULT_DATABASE, register_tables
-from .tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows
+from filterspark.pipelines.extract import ListAccumulator
+from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
+from filterspark.kernels.quality import LayerQuality, QualityThresholds, model_quality
+from filterspark.delta.schemas import FILTER_METADATA, FILTERS, LAYERS, MODEL_QUALITY_FIELDS, MODELS
+from filterspark.engine.session import DEFAULT_DATABASE, register_tables
+from filterspark.delta.tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows
 
 log = logging.getLogger("filterspark.import")
 
@@ -115,9 +115,9 @@ def _make_task(path: str, accumulator, thresholds: QualityThresholds):
     def import_partition(batches):
         import torch
 
-        from .extraction import MAX_BATCH_ROWS, filter_batch
-        from .filterdb_h5 import open_filters, read_rows
-        from .quality import layer_quality
+        from filterspark.pipelines.extract_task import MAX_BATCH_ROWS, filter_batch
+        from filterspark.sources.filterdb_h5 import open_filters, read_rows
+        from filterspark.kernels.quality import layer_quality
 
         h5, dataset = open_filters(path)
         try:

@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .balance import balanced_groups
-from .delta_files import local_path, table_detail, unreadable_features
-from .schemas import WEIGHT_COLUMNS
+from filterspark.kernels.balance import balanced_groups
+from filterspark.delta.jvm import local_path, table_detail, unreadable_features
+from filterspark.delta.schemas import WEIGHT_COLUMNS
 
 #: The columns every scan batch carries.
 SCAN_COLUMNS = (*WEIGHT_COLUMNS, "model_id", "conv_depth_norm")

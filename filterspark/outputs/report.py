@@ -24,8 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import plots
-from . import report_data as rd
+from filterspark.outputs import plots
+from filterspark.outputs import report_data as rd
 
 #: Rows shown in the long summary tables.
 TABLE_LIMIT = 200
@@ -210,7 +210,7 @@ def build_report(spark, options: ReportOptions, on_figure: Callable[[FigureEntry
     shows them). A missing ``models`` table, or a requested run or scope that does not
     exist, is a ValueError raised before anything is written.
     """
-    from .session import register_tables
+    from filterspark.engine.session import register_tables
 
     started = time.perf_counter()
     db = options.database
@@ -296,7 +296,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .session import build_session
+    from filterspark.engine.session import build_session
 
     spark = build_session(app_name="filterspark-report", warehouse=args.warehouse, database=args.database)
     options = ReportOptions(

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
-from .tables import id_predicate
+from filterspark.delta.tables import id_predicate
 
 #: Delta table features a raw Parquet *read* cannot honour.
 UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
@@ -229,7 +229,7 @@ def rewrite_rows(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .filter_files import write_partition
+    from filterspark.delta.parquet_files import write_partition
 
     root = local_path(table)
     if root is None:
@@ -253,7 +253,7 @@ def rewrite_rows(
         removes = [f.remove() for f in old]
         return _commit(spark, txn, removes + _add_actions(spark, actions), predicate, [])
     except BaseException:
-        from .filter_files import committed_paths
+        from filterspark.delta.parquet_files import committed_paths
 
         discard_unreferenced(spark, table, root, committed_paths(actions))
         raise
@@ -276,7 +276,7 @@ def discard_unreferenced(spark: SparkSession, table: str, root: str, relative_pa
     referenced = referenced_files(spark, table, root)
     if referenced is None:
         return 0
-    from .filter_files import remove_files
+    from filterspark.delta.parquet_files import remove_files
 
     return remove_files(root, [p for p in relative_paths if p not in referenced])
 

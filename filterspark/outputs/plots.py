@@ -1,7 +1,7 @@
 """The study's figures (matplotlib, headless): each a function from a small pandas frame
 of aggregates to a ``Figure``.
 
-The frames are what :mod:`filterspark.report_data` loads from the tables (or any SQL
+The frames are what :mod:`filterspark.outputs.report_data` loads from the tables (or any SQL
 result with the same columns): PCA basis rows, coefficient histograms, shift rows, layer
 quality rows, one model's filters, a 2-D coefficient histogram. No function here touches
 Spark or raw population data. Colours: diverging ``RdBu_r`` for weights and components
@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .coefficients import DEPTH_DECILES, NONE_LABEL
+from filterspark.kernels.coefficients import DEPTH_DECILES, NONE_LABEL
 
 DEPTH_DIMENSION = "depth_decile"
 WEIGHTS = [f"w{i}" for i in range(9)]

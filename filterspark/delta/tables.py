@@ -14,10 +14,10 @@ from typing import Callable, Iterable, TypeVar
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from .schemas import PARTITION_COLUMNS, TABLES
-from .session import register_tables, table_path
+from filterspark.delta.schemas import PARTITION_COLUMNS, TABLES
+from filterspark.engine.session import register_tables, table_path
 
-log = logging.getLogger("filterspark.tables")
+log = logging.getLogger("filterspark.delta.tables")
 T = TypeVar("T")
 
 _CONFLICT_MARKERS = (

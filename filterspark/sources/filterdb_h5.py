@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .catalog import model_id_for
+from filterspark.sources.catalog import model_id_for
 
 FILTERS_KEY = "filters"
 META_KEY = "meta"

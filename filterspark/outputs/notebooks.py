@@ -110,7 +110,7 @@ def bind_markers(statement: str, values: dict[str, str]) -> str:
     """Replace the named parameter markers ``:name`` of widgets by string literals, as
     Databricks binds widget values (outside quotes and comments; ``::type`` casts and
     unknown names are left alone). Inlined: pyspark 4.2.0 leaves ``args`` unbound."""
-    from .report_data import sql_literal
+    from filterspark.outputs.report_data import sql_literal
 
     def sub(match: re.Match) -> str:
         name = match.group(1)
@@ -191,7 +191,7 @@ class Display:
     def __call__(self, obj: Any = None, *args, **kwargs) -> None:
         from matplotlib.figure import Figure
 
-        from .cli import format_rows
+        from filterspark.cli import format_rows
 
         if hasattr(obj, "sparkSession") and hasattr(obj, "columns"):  # a Spark DataFrame
             rows = obj.limit(DISPLAY_ROWS + 1).collect()
@@ -231,7 +231,7 @@ def run_notebook(
     started = time.perf_counter()
     run = NotebookRun(path=path, cells=parse_notebook(path.read_text(encoding="utf-8")))
     if spark is None:
-        from .session import DEFAULT_DATABASE, build_session
+        from filterspark.engine.session import DEFAULT_DATABASE, build_session
 
         spark = build_session(app_name=f"filterspark-notebook-{path.stem}", warehouse=params.get("warehouse"),
                               database=params.get("database", DEFAULT_DATABASE))
@@ -273,7 +273,7 @@ def run_notebook(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``filterspark notebook run NOTEBOOK --warehouse DIR [--param k=v] [--out DIR]``."""
-    from .session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
+    from filterspark.engine.session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
 
     sub = parser.add_subparsers(dest="notebook_command", required=True)
     run_parser = sub.add_parser("run", help="execute a Databricks source notebook locally",

@@ -30,14 +30,14 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
-from . import coefficients as co
-from .filter_scan import FilterScan, filter_scan
-from .phases import Phases
-from .pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
-from .schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
-from .session import DEFAULT_DATABASE, register_tables, table_path
-from .shifts import N_BINS, bin_edges, combine_ranges, normalised_histogram, shift_matrix
-from .tables import append_rows, ensure_table, rows_frame
+from filterspark.kernels import coefficients as co
+from filterspark.engine.scans import FilterScan, filter_scan
+from filterspark.engine.phases import Phases
+from filterspark.kernels.pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
+from filterspark.delta.schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
+from filterspark.engine.session import DEFAULT_DATABASE, register_tables, table_path
+from filterspark.kernels.shifts import N_BINS, bin_edges, combine_ranges, normalised_histogram, shift_matrix
+from filterspark.delta.tables import append_rows, ensure_table, rows_frame
 
 #: ``--by`` default: those of these that exist (``variant`` is a metadata key of the demo zoo).
 DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_decile", "variant")
@@ -298,7 +298,7 @@ def _partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.nda
 
 def _coefficient_task(basis: PCABasis):
     """mapInArrow function: filter keys + weights → keys + coefficients ``c0..c8``."""
-    from .schemas import COEFFICIENTS
+    from filterspark.delta.schemas import COEFFICIENTS
 
     def task(batches):
         import pyarrow as pa
@@ -393,7 +393,7 @@ def _histogram_table(groups: dict, names: list[str], lo: float, hi: float, bins:
     group, component and bin)."""
     import pyarrow as pa
 
-    from .schemas import COEFFICIENT_HISTOGRAMS
+    from filterspark.delta.schemas import COEFFICIENT_HISTOGRAMS
 
     edges = bin_edges(lo, hi, bins)
     m = N_WEIGHTS * bins
@@ -482,7 +482,7 @@ def _extremes(rows: list[dict]) -> dict[str, tuple[tuple, tuple]]:
 def _registered(spark: SparkSession, options: AnalyzeOptions, tables: list[str]) -> bool:
     """Whether the names already point at this warehouse and every table written has its
     ``_latest`` view (registration re-reads every table's log: seconds, so skipped)."""
-    from .session import registered_warehouse, warehouse_uri
+    from filterspark.engine.session import registered_warehouse, warehouse_uri
 
     db = options.database
     return registered_warehouse(spark, db) == warehouse_uri(options.warehouse) and all(
@@ -545,7 +545,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     report.extremes = _extremes(shifts)
     phase("shifts", "write tables")
 
-    from . import schemas as S
+    from filterspark.delta import schemas as S
 
 
     def write(name: str, df: DataFrame) -> None:

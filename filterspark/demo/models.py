@@ -1,4 +1,4 @@
-"""Tiny CNNs, datasets and training loops for the demo zoo (see :mod:`filterspark.zoo`).
+"""Tiny CNNs, datasets and training loops for the demo zoo (see :mod:`filterspark.demo.zoo`).
 
 Everything here is deterministic given a ``torch.manual_seed`` and a numpy
 ``Generator``; all modules are TorchScript-scriptable and ONNX-exportable.

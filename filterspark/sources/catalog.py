@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .schemas import KNOWN_METADATA
+from filterspark.delta.schemas import KNOWN_METADATA
 
 REQUIRED_COLUMNS = ("name", "path")
 CONTROL_COLUMNS = ("format", "allow_pickle")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from filterspark import zoo_models as zm
+from filterspark.demo import models as zm
 
 CATALOG_COLUMNS = ["name", "path", "format", "task", "visual_category", "training_dataset",
                    "pretraining_dataset", "architecture", "family", "paper", "source",

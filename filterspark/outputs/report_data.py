@@ -1,4 +1,4 @@
-"""Spark side of the figures: small pandas frames of aggregates for :mod:`filterspark.plots`.
+"""Spark side of the figures: small pandas frames of aggregates for :mod:`filterspark.outputs.plots`.
 
 Everything here reads registered tables (``<database>.<table>``, see
 ``session.register_tables``) and returns at most thousands of rows: analysis-table rows of
@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .pca import N_WEIGHTS, PCABasis, project, scale_filters
-from .schemas import WEIGHT_COLUMNS
-from .shifts import bin_edges
+from filterspark.kernels.pca import N_WEIGHTS, PCABasis, project, scale_filters
+from filterspark.delta.schemas import WEIGHT_COLUMNS
+from filterspark.kernels.shifts import bin_edges
 
 #: Tiles shown per layer in a filter grid (the first ``filter_index`` values).
 MAX_TILES_PER_LAYER = 128
@@ -109,7 +109,7 @@ def coefficient_pair_histogram(
     ``coefficient_histograms`` counts of group ``all``. Columns: see
     :func:`plots.coefficient_density`.
     """
-    from .analyze_job import ALL, AnalyzeOptions, analysis_input
+    from filterspark.pipelines.analyze import ALL, AnalyzeOptions, analysis_input
 
     bins = int(bins or run["bins"])
     lo, hi = float(run["range_lo"]), float(run["range_hi"])
@@ -178,7 +178,7 @@ def model_groups(spark, database: str, group_bys: Sequence[str]) -> pd.DataFrame
     ``metadata``; labels as the analysis job makes them (NULL and '' are ``(none)``)."""
     from pyspark.sql import functions as F
 
-    from .analyze_job import _label
+    from filterspark.pipelines.analyze import _label
 
     models = spark.table(f"{database}.models").where("status = 'ok'")
     unknown = [g for g in group_bys if g != HEALTH and g not in models.columns]
@@ -204,7 +204,7 @@ def layer_rows(spark, database: str) -> pd.DataFrame:
     """Quality columns of every 3x3 layer (``model_id``, ``layer_index``, ``layer_name``,
     ``conv_depth_norm``, its ``depth_decile`` as the analysis job labels it, ``n_filters``,
     the metrics and flags): one query; join :func:`model_groups` for the ok models."""
-    from .analyze_job import _depth_decile
+    from filterspark.pipelines.analyze import _depth_decile
 
     layers = spark.table(f"{database}.layers").where("kernel_h = 3 AND kernel_w = 3")
     return layers.select(

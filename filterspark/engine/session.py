@@ -244,7 +244,7 @@ def _register_views(spark, database: str, tables: list[str]) -> None:
     """Create the views of ``schemas.VIEWS`` whose tables exist (views are session-scoped
     without a metastore, so every session defines them again; a no-op change with one),
     and drop those whose tables do not."""
-    from .schemas import VIEWS
+    from filterspark.delta.schemas import VIEWS
 
     for view, (query, needs) in VIEWS.items():
         if all(t in tables for t in needs):

@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .catalog import CatalogEntry
-from .loaders import load_model
-from .loaders.base import ConvLayer, LoadError, LoadedModel
-from .quality import QualityThresholds, layer_quality, model_quality
-from .schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, WEIGHT_COLUMNS, arrow_schema
+from filterspark.sources.catalog import CatalogEntry
+from filterspark.sources.loaders import load_model
+from filterspark.sources.loaders.base import ConvLayer, LoadError, LoadedModel
+from filterspark.kernels.quality import QualityThresholds, layer_quality, model_quality
+from filterspark.delta.schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, WEIGHT_COLUMNS, arrow_schema
 
 #: Rows per Arrow batch streamed to Spark (a layer larger than this is split).
 MAX_BATCH_ROWS = 262_144
