@@ -58,7 +58,7 @@ def written_results(spark, warehouse: str, database: str, run_id: str) -> tuple[
     """The run's shift matrices and histogram counts, read back from the Delta tables."""
     from pyspark.sql import functions as F
 
-    from filterspark.engine.session import table_path
+    from filterspark.delta.warehouse import table_path
 
     run = F.col("run_id") == run_id
     shifts = spark.read.format("delta").load(table_path(warehouse, database, "shifts")).where(run)

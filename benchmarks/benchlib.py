@@ -39,7 +39,7 @@ def warm(spark, warehouse: str, database: str, parquet: str | None) -> None:
     from pyspark.sql import functions as F
 
     from filterspark.delta.schemas import WEIGHT_COLUMNS
-    from filterspark.engine.session import table_path
+    from filterspark.delta.warehouse import table_path
 
     spark.sparkContext.setJobDescription("benchmark: warm-up scan")
     spark.read.format("delta").load(table_path(warehouse, database, "filters")).agg(

@@ -171,7 +171,7 @@ def _summaries_delta(spark, warehouse: str) -> dict:
     from pyspark.sql import functions as F
 
     from filterspark.delta.schemas import WEIGHT_COLUMNS
-    from filterspark.engine.session import DEFAULT_DATABASE, table_path
+    from filterspark.delta.warehouse import DEFAULT_DATABASE, table_path
 
     df = spark.read.format("delta").load(table_path(warehouse, DEFAULT_DATABASE, "filters"))
     total = sum(F.col(c).cast("double") for c in WEIGHT_COLUMNS)

@@ -230,7 +230,7 @@ def generate(spark, out: Path, n: int, n_models: int | None = None, seed: int = 
     from pyspark import cloudpickle
 
     from filterspark.delta.schemas import FILTERS, LAYERS, MODELS
-    from filterspark.engine.session import DEFAULT_DATABASE, register_tables
+    from filterspark.delta.warehouse import DEFAULT_DATABASE, register_tables
     from filterspark.delta.tables import ensure_table, rows_frame
 
     if __name__ != "__main__":  # imported by another script: tasks need no benchmarks/ on their path
@@ -243,7 +243,7 @@ def generate(spark, out: Path, n: int, n_models: int | None = None, seed: int = 
         shutil.rmtree(out)
     out.mkdir(parents=True)
     wh = str(warehouse)
-    paths = {t: ensure_table(spark, wh, DEFAULT_DATABASE, t) for t in ("filters", "layers", "models")}
+    paths = {t: ensure_table(spark, wh, DEFAULT_DATABASE, t).location for t in ("filters", "layers", "models")}
 
     slices = max(1, min(len(chunks), math.ceil(n / rows_per_task)))
     jobs = spark.createDataFrame(spark.sparkContext.parallelize(chunks, slices), "m int, layer int, start int, rows int")
@@ -322,7 +322,7 @@ def replicate(spark, source: dict, out: Path, copies: int, workers: int = 2) -> 
     from pyspark.sql import functions as F
 
     from filterspark.delta.schemas import FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
-    from filterspark.engine.session import DEFAULT_DATABASE, register_tables, table_path
+    from filterspark.delta.warehouse import DEFAULT_DATABASE, register_tables, table_path
     from filterspark.delta.tables import ensure_table
 
     if not 1 <= copies <= 16:
@@ -353,7 +353,7 @@ def replicate(spark, source: dict, out: Path, copies: int, workers: int = 2) -> 
         "model_id long, copy int, new_id long",
     )
     for table, schema in (("layers", LAYERS), ("models", MODELS)):
-        path = ensure_table(spark, wh, DEFAULT_DATABASE, table)
+        path = ensure_table(spark, wh, DEFAULT_DATABASE, table).location
         df = spark.read.format("delta").load(src[table]).join(ids, "model_id").withColumn("model_id", F.col("new_id"))
         if table == "models":
             df = df.withColumn("name", F.concat(F.col("name"), F.lit("-copy"), F.col("copy").cast("string")))
@@ -385,7 +385,7 @@ def verify(spark, manifest: dict) -> list[str]:
 
     from filterspark.kernels.pca import pca_direct, scale_filters
     from filterspark.delta.schemas import WEIGHT_COLUMNS
-    from filterspark.engine.session import table_path
+    from filterspark.delta.warehouse import table_path
 
     failures: list[str] = []
     n = manifest["n_filters"]

@@ -58,7 +58,7 @@ def mllib(spark, warehouse: str, database: str):
     from pyspark.sql import functions as F
 
     from filterspark.delta.schemas import WEIGHT_COLUMNS
-    from filterspark.engine.session import table_path
+    from filterspark.delta.warehouse import table_path
 
     filters = spark.read.format("delta").load(table_path(warehouse, database, "filters"))
     ok = spark.read.format("delta").load(table_path(warehouse, database, "models")).where("status = 'ok'")

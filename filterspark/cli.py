@@ -6,22 +6,38 @@ Each sub-command has an ``add_*_arguments(parser)`` and a ``run_*(args) -> int``
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
-import json
-import os
-import sys
 from pathlib import Path
+import sys
 from typing import Callable, Sequence
 
-from filterspark.engine.session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
+from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
+from filterspark.errors import FilterSparkError
 
 DEFAULT_ZOO_DIR = "demo_zoo"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="warehouse directory or URI (default: ./warehouse)")
-    parser.add_argument("--database", default=DEFAULT_DATABASE, help="database the tables are registered in (default: filterdb)")
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="database (schema) of the tables (default: filterdb)")
+    parser.add_argument(
+        "--catalog-name", default=None,
+        help="catalog mode: tables managed by the session's catalog as CATALOG.DATABASE.TABLE "
+        "(e.g. main on Unity Catalog, spark_catalog locally) instead of Delta directories under --warehouse",
+    )
+    parser.add_argument(
+        "--remote", default=None,
+        help="Spark Connect URL (sc://host:port) to run on instead of a local driver (default: $SPARK_REMOTE)",
+    )
+
+
+def _session(args: argparse.Namespace, app_name: str):
+    """The session a command runs on, with the warehouse's tables named."""
+    from filterspark.engine.session import build_session
+
+    return build_session(
+        app_name=app_name, warehouse=args.warehouse, database=args.database,
+        remote=getattr(args, "remote", None), catalog=getattr(args, "catalog_name", None),
+    )
 
 
 # --- setup -------------------------------------------------------------------------------
@@ -109,25 +125,21 @@ def _demo_catalog(zoo_dir: str) -> str:
 
 def run_extract(args: argparse.Namespace) -> int:
     """The extraction job (``spark-submit jobs/extract.py``)."""
-    from filterspark.sources.catalog import CatalogError, read_catalog
-    from filterspark.pipelines.extract import ExtractOptions, run_extraction
     from filterspark.engine.resources import default_gpus_per_task
     from filterspark.kernels.quality import QualityThresholds
-    from filterspark.engine.session import build_session
+    from filterspark.pipelines.extract import ExtractOptions, run_extraction
+    from filterspark.sources.catalog import read_catalog
 
     catalog = args.catalog or _demo_catalog(args.zoo_dir)
-    try:
-        entries = read_catalog(catalog)
-    except CatalogError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    entries = read_catalog(catalog)
     overrides = {k: getattr(args, k) for k in vars(QualityThresholds())}
     thresholds = QualityThresholds.from_dict(overrides)
-    spark = build_session(app_name="filterspark-extract", warehouse=args.warehouse, database=args.database)
+    spark = _session(args, "filterspark-extract")
     gpus = args.gpus_per_task if args.gpus_per_task is not None else default_gpus_per_task(spark)
     options = ExtractOptions(
         warehouse=args.warehouse,
         database=args.database,
+        catalog_name=args.catalog_name,
         thresholds=thresholds,
         models_per_task=args.models_per_task,
         gpus_per_task=gpus,
@@ -139,7 +151,7 @@ def run_extract(args: argparse.Namespace) -> int:
     print(f"catalog: {catalog}")
     for line in report.lines():
         print(line)
-    print(f"tables: {args.database}.models, {args.database}.layers, {args.database}.filters in {args.warehouse}")
+    print(f"tables: models, layers, filters in {options.tables.describe()}")
     return 1 if (args.strict and report.failed) else 0
 
 
@@ -171,13 +183,13 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """The analysis job (``spark-submit jobs/analyze.py``)."""
-    from filterspark.pipelines.analyze import AnalyzeError, AnalyzeOptions, run_analysis
-    from filterspark.engine.session import build_session
+    from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 
     by = tuple(d.strip() for d in args.by.split(",") if d.strip()) if args.by else None
     options = AnalyzeOptions(
         warehouse=args.warehouse,
         database=args.database,
+        catalog_name=args.catalog_name,
         by=by,
         bins=args.bins,
         where=args.where,
@@ -185,15 +197,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         min_group_filters=args.min_group_filters,
         scan=args.scan,
     )
-    spark = build_session(app_name="filterspark-analyze", warehouse=args.warehouse, database=args.database)
-    try:
-        report = run_analysis(spark, options)
-    except AnalyzeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spark = _session(args, "filterspark-analyze")
+    report = run_analysis(spark, options)
     for line in report.lines():
         print(line)
-    print(f"tables: {', '.join(f'{args.database}.{t}' for t in report.tables)} (views: <table>_latest)")
+    print(f"tables: {', '.join(report.tables)} (views: <table>_latest) in {options.tables.describe()}")
     return 0
 
 
@@ -207,44 +215,11 @@ def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", help="SQL; tables are <database>.<table>, e.g. filterdb.filters")
 
 
-def _jsonable(value):
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    if hasattr(value, "asDict"):
-        return {k: _jsonable(v) for k, v in value.asDict().items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def format_rows(columns: list[str], rows: list, fmt: str, out=None) -> None:
-    """Print query rows as an aligned table, CSV or JSON lines."""
-    out = out or sys.stdout
-    if fmt == "json":
-        for row in rows:
-            out.write(json.dumps({c: _jsonable(v) for c, v in zip(columns, row)}, default=str) + "\n")
-        return
-    cells = [[("" if v is None else str(_jsonable(v))) for v in row] for row in rows]
-    if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(cells)
-        return
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
-    out.write("  ".join("-" * w for w in widths) + "\n")
-    for r in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
-    out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
-
-
 def run_sql(args: argparse.Namespace) -> int:
     """Run one SQL statement against the warehouse's registered tables."""
-    from filterspark.engine.session import build_session
+    from filterspark.outputs.formatting import format_rows
 
-    spark = build_session(app_name="filterspark-sql", warehouse=args.warehouse, database=args.database)
+    spark = _session(args, "filterspark-sql")
     df = spark.sql(args.query)
     if args.limit:
         df = df.limit(args.limit)
@@ -266,7 +241,7 @@ def run_quality(args: argparse.Namespace) -> int:
     """Per-layer quality of one model, or the models ranked by degeneration."""
     from filterspark.outputs import quality_report
 
-    return quality_report.run(args)
+    return quality_report.run(_session(args, "filterspark-quality"), args)
 
 
 # --- import-filterdb -------------------------------------------------------------------------
@@ -294,21 +269,17 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_import_filterdb(args: argparse.Namespace) -> int:
     """The CNN Filter DB import job (``spark-submit jobs/import_filterdb.py``)."""
-    from filterspark.sources.filterdb_h5 import FilterDBFormatError, read_filterdb
-    from filterspark.pipelines.importer import ImportOptions, run_import
     from filterspark.kernels.quality import QualityThresholds
-    from filterspark.engine.session import build_session
+    from filterspark.pipelines.importer import ImportOptions, run_import
+    from filterspark.sources.filterdb_h5 import read_filterdb
 
-    try:
-        db = read_filterdb(args.h5, normalise_tasks=args.normalise_tasks)
-    except FilterDBFormatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    db = read_filterdb(args.h5, normalise_tasks=args.normalise_tasks)
     thresholds = QualityThresholds.from_dict({k: getattr(args, k) for k in vars(QualityThresholds())})
-    spark = build_session(app_name="filterspark-import-filterdb", warehouse=args.warehouse, database=args.database)
+    spark = _session(args, "filterspark-import-filterdb")
     options = ImportOptions(
         warehouse=args.warehouse,
         database=args.database,
+        catalog_name=args.catalog_name,
         thresholds=thresholds,
         normalise_tasks=args.normalise_tasks,
         rows_per_task=args.rows_per_task,
@@ -317,7 +288,7 @@ def run_import_filterdb(args: argparse.Namespace) -> int:
     report = run_import(spark, db, options)
     for line in report.lines():
         print(line)
-    print(f"tables: {args.database}.models, {args.database}.layers, {args.database}.filters in {args.warehouse}")
+    print(f"tables: models, layers, filters in {options.tables.describe()}")
     return 0
 
 
@@ -335,7 +306,7 @@ def run_report(args: argparse.Namespace) -> int:
     """Every figure and the summary tables as a static HTML page."""
     from filterspark.outputs import report
 
-    return report.run(args)
+    return report.run(_session(args, "filterspark-report"), args)
 
 
 def add_notebook_arguments(parser: argparse.ArgumentParser) -> None:
@@ -379,8 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a :class:`FilterSparkError` is printed as ``error: ...`` (exit 2)."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command][2](args)
+    try:
+        return COMMANDS[args.command][2](args)
+    except FilterSparkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
 from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
-from filterspark.engine.session import register_tables
-from filterspark.engine.session import table_path
+from filterspark.delta.warehouse import register_tables
+from filterspark.delta.warehouse import table_path
 
 REPO = Path(__file__).resolve().parents[1]
 W = [f"w{i}" for i in range(9)]
@@ -194,7 +194,7 @@ DEMO_DIMS = ["task", "visual_category", "training_dataset", "family", "depth_dec
 @pytest.fixture(scope="module")
 def demo_analysis(spark, demo_warehouse, tmp_path_factory):
     """The demo warehouse copied (other tests' view of it stays untouched), then analysed."""
-    from filterspark.engine.session import register_tables
+    from filterspark.delta.warehouse import register_tables
 
     warehouse = str(tmp_path_factory.mktemp("analysis") / "warehouse")
     shutil.copytree(demo_warehouse["warehouse"], warehouse)
@@ -257,7 +257,7 @@ def write_synthetic(spark, warehouse: str, per_layer: int = 400) -> None:
     """models + filters through the project's schemas: 8 ok models, one failed model whose
     filters must be ignored, one NaN filter, an all-zero filter, a NULL depth."""
     from filterspark.delta.schemas import FILTERS, MODELS, arrow_schema
-    from filterspark.engine.session import register_tables
+    from filterspark.delta.warehouse import register_tables
     from filterspark.delta.tables import ensure_tables, rows_frame
 
     import pyarrow as pa
@@ -289,7 +289,7 @@ def write_synthetic(spark, warehouse: str, per_layer: int = 400) -> None:
          for (k, v), f in zip(cols.items(), arrow_schema(FILTERS))],
         schema=arrow_schema(FILTERS),
     )
-    paths = ensure_tables(spark, warehouse, "filterdb", ["models", "layers", "filters"])
+    paths = {n: t.location for n, t in ensure_tables(spark, warehouse, "filterdb", ["models", "layers", "filters"]).items()}
     spark.createDataFrame(arrow, schema=FILTERS).write.format("delta").mode("append").save(paths["filters"])
     rows_frame(spark, models, MODELS).write.format("delta").mode("append").save(paths["models"])
     register_tables(spark, warehouse)
@@ -412,7 +412,7 @@ def test_cli_rejects_bad_requests(spark, synthetic, capsys):
     assert main(["analyze", "--warehouse", warehouse, "--by", "task,nosuch"]) == 2
     assert "unknown dimension 'nosuch'" in capsys.readouterr().err
     assert main(["analyze", "--warehouse", warehouse, "--where", "nosuch_column > 1"]) == 2
-    assert "bad --where" in capsys.readouterr().err
+    assert "bad where" in capsys.readouterr().err
     assert main(["analyze", "--warehouse", warehouse, "--where", "task = 'nothing'"]) == 2
     assert "no filters in scope" in capsys.readouterr().err
 

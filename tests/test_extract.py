@@ -17,7 +17,7 @@ from torch import nn
 
 from filterspark.sources.catalog import CatalogError, model_id_for, read_catalog
 from filterspark.pipelines.extract import ExtractOptions, run_extraction
-from filterspark.engine.session import table_path
+from filterspark.delta.warehouse import table_path
 
 FORMAT_FILES = {
     "tiny-pt": ("state_dict.pt", "pytorch"),
@@ -334,7 +334,7 @@ def test_tables_registered_by_name_and_sql_cli(spark, extracted, capsys):
 
 def test_registering_another_warehouse_drops_names_it_lacks(spark, extracted, tmp_path):
     """Names left from a previously registered warehouse must not answer for the next one."""
-    from filterspark.engine.session import register_tables
+    from filterspark.delta.warehouse import register_tables
     from filterspark.delta.tables import ensure_table
 
     other = str(tmp_path / "other")
@@ -364,7 +364,7 @@ def test_local_defaults_match_conf_file():
 def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_path, monkeypatch):
     """A job dying after writing filters but before its ``models`` commit record leaves no
     visible model, and the next run replaces the orphaned rows instead of duplicating them."""
-    import filterspark.pipelines.extract as extract_job
+    import filterspark.pipelines.writes as writes
 
     rows = [{"name": "crashy", "path": str(zoo["folder"] / "scripted.ts"), "task": "classification"}]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
@@ -373,7 +373,7 @@ def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_
     def crash(*args, **kwargs):
         raise RuntimeError("simulated driver crash")
 
-    monkeypatch.setattr(extract_job, "_commit_models", crash)
+    monkeypatch.setattr(writes, "commit_models", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
     assert read_table(spark, warehouse, "models").count() == 0
@@ -443,7 +443,7 @@ def test_plan_tasks_balances_bytes():
 
 
 def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path, monkeypatch):
-    import filterspark.pipelines.extract as extract_job
+    from filterspark.delta import jvm
 
     rows = [{"name": n, "path": str(zoo["folder"] / FORMAT_FILES[n][0]), "task": "classification"}
             for n in ("tiny-pt", "tiny-safetensors")]
@@ -453,7 +453,7 @@ def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path
     def refuse(*args, **kwargs):
         raise RuntimeError("simulated commit failure")
 
-    monkeypatch.setattr(extract_job, "replace_files", refuse)
+    monkeypatch.setattr(jvm, "replace_files", refuse)
     with pytest.raises(RuntimeError, match="simulated commit"):
         run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
     root = Path(table_path(warehouse, "filterdb", "filters"))
@@ -464,13 +464,13 @@ def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path
     assert report.ok == 2 and read_table(spark, warehouse, "filters").count() == 84
 
     # An error after the commit landed keeps the committed files.
-    real = extract_job.replace_files
+    real = jvm.replace_files
 
     def commit_then_fail(*args, **kwargs):
         real(*args, **kwargs)
         raise RuntimeError("simulated error after the commit")
 
-    monkeypatch.setattr(extract_job, "replace_files", commit_then_fail)
+    monkeypatch.setattr(jvm, "replace_files", commit_then_fail)
     with pytest.raises(RuntimeError, match="after the commit"):
         run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse, force=True))
     monkeypatch.undo()
@@ -487,7 +487,7 @@ def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
     warehouse = str(tmp_path / "wh")
     from filterspark.delta.tables import ensure_tables
 
-    paths = ensure_tables(spark, warehouse, "filterdb")
+    paths = {n: t.location for n, t in ensure_tables(spark, warehouse, "filterdb").items()}
     spark.sql(
         f"ALTER TABLE delta.`{paths['filters']}` SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
         "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')"
@@ -502,9 +502,10 @@ def test_tables_the_tasks_cannot_write_fall_back_to_spark(spark, zoo, tmp_path):
     spark.sql(f"DELETE FROM delta.`{paths['layers']}` WHERE layer_index = 0")
     assert read_table(spark, warehouse, "layers").count() == 4
     from filterspark.delta.jvm import rewrite_rows
+    from filterspark.delta.warehouse import Warehouse
 
     layers = read_table(spark, warehouse, "layers")
-    assert rewrite_rows(spark, paths["layers"], "model_id", [model_id_for("cm-model")],
+    assert rewrite_rows(spark, Warehouse(warehouse).table("layers"), "model_id", [model_id_for("cm-model")],
                         layers.limit(0).toArrow(), "t") is None  # a file with a deletion vector
     report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse, force=True))
     layers = read_table(spark, warehouse, "layers")
@@ -537,13 +538,13 @@ def test_driver_rewrite_keeps_rows_spark_wrote(spark, zoo, tmp_path):
 def test_without_deltas_transaction_api_spark_writes(spark, zoo, tmp_path, monkeypatch):
     """A runtime whose Delta build lacks open-source Delta's transaction classes (e.g. a
     vendor's own) gets Spark's writer, with the reason in the report."""
-    import filterspark.pipelines.extract as extract_job
+    from filterspark.delta import jvm
 
-    monkeypatch.setattr(extract_job, "transaction_api_available", lambda spark: False)
+    monkeypatch.setattr(jvm, "unavailable_reason", lambda spark: "open-source Delta's transaction classes are not on the driver's JVM")
     rows = [{"name": "api-model", "path": str(zoo["folder"] / "state_dict.pt"), "task": "classification"}]
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=str(tmp_path / "wh")))
-    assert report.write == "spark" and "transaction API" in report.write_reason and report.ok == 1
+    assert report.write == "spark" and "transaction classes" in report.write_reason and report.ok == 1
     assert read_table(spark, str(tmp_path / "wh"), "filters").count() == 42
 
 

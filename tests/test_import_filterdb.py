@@ -278,7 +278,7 @@ def imported(request, spark, tmp_path_factory):
 
 
 def _table(spark, imported, name):
-    from filterspark.engine.session import table_path
+    from filterspark.delta.warehouse import table_path
 
     return spark.read.format("delta").load(table_path(imported["warehouse"], "filterdb", name))
 

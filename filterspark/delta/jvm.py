@@ -1,117 +1,65 @@
-"""Delta tables at the level of their data files: where they are, which Delta features a
-plain Parquet reader or writer can honour, and one-transaction file replacement.
+"""The classic session's fast paths through Delta's own JVM classes (Py4J): the only
+module of the project that touches ``_jvm``/``_jsparkSession``.
 
-The analysis scans read the snapshot's Parquet files with pyarrow; extraction writes
-``filters`` files with pyarrow on the executors and commits them here, through Delta's
-own transaction (``DeltaLog.startTransaction`` → ``commit``) on the driver's JVM. So the
-log, its conflict checks, checkpoints and history stay Delta's; we only supply the
-``add`` actions (with exact per-file statistics, which Delta uses for data skipping and
-metadata-only counts) and say which partitions they replace.
+* :func:`snapshot_detail`: a table's location, properties, features and file count from
+  the latest snapshot on the driver's JVM, with no Spark job (``DESCRIBE DETAIL`` runs
+  one: ~0.8 s per table, measured).
+* :func:`replace_files` / :func:`rewrite_rows`: one Delta transaction
+  (``DeltaLog.startTransaction`` → ``commit``) that adds Parquet files written by
+  pyarrow and removes the files they replace. The log, its conflict checks, checkpoints
+  and history stay Delta's; we only supply the ``add`` actions (with exact per-file
+  statistics) and say which partitions they replace.
+
+Callers ask :func:`unavailable_reason` first: None means these paths work on this
+session; otherwise they take the public-API path (``DESCRIBE DETAIL``, Delta's
+DataFrame writer, ``MERGE``) and report the reason.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable
-from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
-from filterspark.delta.tables import id_predicate
+from filterspark.delta.capabilities import is_connect
+from filterspark.delta.files import checksum_file_count, discard_unreferenced, file_location, local_path
+from filterspark.delta.warehouse import TableRef, id_predicate
 
-#: Delta table features a raw Parquet *read* cannot honour.
-UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
-#: Table features whose tables plain Parquet files plus add/remove actions keep valid
-#: (Delta itself assigns what they need at commit time, or they only concern readers).
-WRITABLE_FEATURES = frozenset(
-    {"appendOnly", "invariants", "deletionVectors", "timestampNtz", "v2Checkpoint", "vacuumProtocolCheck",
-     "checkpointProtection", "inCommitTimestamp", "domainMetadata"}
-)
+#: Set to ``off`` to make classic sessions take the public-API paths too (tests, comparisons).
+JVM_ENV = "FILTERSPARK_JVM"
+
+_REASONS: dict[int, str | None] = {}
 
 
-def local_path(uri: str) -> str | None:
-    """A local file system path for a ``file:`` URI (or plain path), else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path)
-    return None
+def unavailable_reason(spark: SparkSession) -> str | None:
+    """None when the JVM fast paths work on this session, else why not (one line).
 
-
-def table_detail(spark: SparkSession, path: str) -> dict:
-    """Location, ``properties``, ``tableFeatures`` and ``numFiles`` (None when unknown) of the
-    Delta table at ``path``, as ``DESCRIBE DETAIL`` names them — read from the latest
-    snapshot on the driver's JVM, which needs no Spark job (``DESCRIBE DETAIL`` runs
-    one: ~0.8 s per table). Falls back to ``DESCRIBE DETAIL`` on another Delta version."""
-    try:
-        jvm = spark.sparkContext._jvm
-        delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
-        snapshot = delta_log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
-        if snapshot.version() < 0:
-            raise ValueError(f"not a Delta table: {path}")
-        converters = jvm.scala.jdk.javaapi.CollectionConverters
-        properties = dict(converters.asJava(snapshot.metadata().configuration()).items())
-        features = converters.asJava(snapshot.protocol().implicitlyAndExplicitlySupportedFeatures())
-        location = delta_log.dataPath().toString()
-        return {
-            "location": location,
-            "properties": properties,
-            "tableFeatures": sorted(f.name() for f in features),
-            "numFiles": _checksum_file_count(location, int(snapshot.version())),
-        }
-    except ValueError:
-        raise
-    except Exception:  # noqa: BLE001 - Py4J: internal API changed
-        return spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first().asDict()
-
-
-def _checksum_file_count(location: str, version: int) -> int | None:
-    """``numFiles`` from the version's checksum file (``_delta_log/<version>.crc``, written
-    after each commit), when it is local and present: the snapshot's own count may run a job."""
-    root = local_path(location)
-    if root is None:
-        return None
-    try:
-        with open(os.path.join(root, "_delta_log", f"{version:020d}.crc"), encoding="utf-8") as handle:
-            return int(json.load(handle)["numFiles"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _uses_column_mapping(detail: dict) -> bool:
-    return (detail.get("properties") or {}).get("delta.columnMapping.mode", "none") != "none"
-
-
-def unreadable_features(detail: dict) -> list[str]:
-    """The features of a table (its :func:`table_detail`) that a plain Parquet read would ignore."""
-    features = set(detail.get("tableFeatures") or [])
-    found = [f for f in UNREADABLE_FEATURES if f in features]
-    if _uses_column_mapping(detail) and "columnMapping" not in found:
-        found.append("columnMapping")
-    return found
-
-
-def file_write_blockers(detail: dict) -> list[str]:
-    """Why executors may not write this table's data files themselves (empty: they may).
-
-    Plain Parquet files with Delta statistics are enough unless the table renames
-    columns (column mapping), checks constraints or computes columns on write, is
-    append-only, or is not on a local file system (the executors write with pyarrow).
+    They need a classic session and open-source Delta's transaction classes on the
+    driver's JVM (runtimes with their own Delta build lack them). Checked once per
+    session.
     """
-    reasons = []
-    location = str(detail.get("location") or "")
-    if local_path(location) is None:
-        reasons.append(f"its files are not on a local file system ({location.split(':', 1)[0]}:)")
-    props = detail.get("properties") or {}
-    if _uses_column_mapping(detail):
-        reasons.append("it uses column mapping")
-    if str(props.get("delta.appendOnly", "false")).lower() == "true":
-        reasons.append("it is append-only")
-    if any(k.startswith("delta.constraints.") for k in props):
-        reasons.append("it has CHECK constraints")
-    others = sorted(set(detail.get("tableFeatures") or []) - WRITABLE_FEATURES)
-    if others:
-        reasons.append(f"it uses the table features {', '.join(others)}")
-    return reasons
+    if is_connect(spark):
+        return "a Spark Connect session has no driver JVM in this process"
+    if os.environ.get(JVM_ENV, "").lower() in ("off", "0", "false", "no"):
+        return f"{JVM_ENV}=off"
+    key = id(spark)
+    if key not in _REASONS:
+        _REASONS[key] = None
+        for name in ("org.apache.spark.sql.delta.OptimisticTransaction", "org.apache.spark.sql.delta.DeltaLog"):
+            if not _class_exists(spark, name):
+                _REASONS[key] = "open-source Delta's transaction classes are not on the driver's JVM"
+                break
+    return _REASONS[key]
+
+
+def _class_exists(spark: SparkSession, name: str) -> bool:
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        _jvm_class(spark, name)
+        return True
+    except Py4JJavaError:  # ClassNotFoundException
+        return False
 
 
 def _jvm_class(spark: SparkSession, name: str):
@@ -121,15 +69,77 @@ def _jvm_class(spark: SparkSession, name: str):
     return jvm.java.lang.Class.forName(name, True, loader)
 
 
-def transaction_api_available(spark: SparkSession) -> bool:
-    """Whether open-source Delta's transaction classes are on the driver's JVM (they are
-    not on runtimes with their own Delta build): :func:`replace_files` needs them."""
+def delta_on_driver_classpath() -> bool:
+    """Under spark-submit the JVM already runs: whether Delta's SQL extension is on it."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark import SparkContext
+
+    SparkContext._ensure_initialized()
     try:
-        _jvm_class(spark, "org.apache.spark.sql.delta.OptimisticTransaction")
-        _jvm_class(spark, "org.apache.spark.sql.delta.DeltaLog")
+        SparkContext._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
         return True
-    except Exception:  # noqa: BLE001 - Py4J wraps ClassNotFoundException
+    except Py4JJavaError:
         return False
+
+
+def submitted_conf() -> dict[str, str]:
+    """Settings already given to this driver (spark-submit flags, properties file).
+
+    Only read when spark-submit started the JVM (``PYSPARK_GATEWAY_PORT`` set): reading a
+    ``SparkConf`` otherwise would launch a JVM before the Delta packages are configured.
+    """
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    # Connect to spark-submit's running JVM first: without a gateway SparkConf() is an
+    # empty Python-side conf and would hide --packages/--jars/spark-defaults.conf.
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
+
+
+def snapshot_detail(spark: SparkSession, location: str) -> dict:
+    """``location``, ``properties``, ``tableFeatures`` and ``numFiles`` (None when unknown) of
+    the Delta table at ``location``, as ``DESCRIBE DETAIL`` names them, read from the
+    latest snapshot. Raises ValueError when no Delta table is there."""
+    jvm = spark.sparkContext._jvm
+    delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, location)
+    snapshot = delta_log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    if snapshot.version() < 0:
+        raise ValueError(f"not a Delta table: {location}")
+    converters = jvm.scala.jdk.javaapi.CollectionConverters
+    properties = dict(converters.asJava(snapshot.metadata().configuration()).items())
+    features = converters.asJava(snapshot.protocol().implicitlyAndExplicitlySupportedFeatures())
+    data_path = delta_log.dataPath().toString()
+    return {
+        "location": data_path,
+        "properties": properties,
+        "tableFeatures": sorted(f.name() for f in features),
+        "numFiles": checksum_file_count(data_path, int(snapshot.version())),
+    }
+
+
+def list_table_dirs(spark: SparkSession, db_location: str) -> list[str]:
+    """Sub-directories of ``db_location`` that hold a Delta log (any Hadoop filesystem)."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(db_location)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        return []
+    names = []
+    for status in fs.listStatus(hpath):
+        if status.isDirectory():
+            child = status.getPath()
+            if fs.exists(jvm.org.apache.hadoop.fs.Path(child, "_delta_log")):
+                names.append(child.getName())
+    return sorted(names)
+
+
+def location_exists(spark: SparkSession, location: str) -> bool:
+    """Whether anything exists at ``location`` (any Hadoop filesystem)."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(location)
+    return bool(hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(hpath))
 
 
 def _scala_list(spark: SparkSession, items: Iterable):
@@ -168,7 +178,7 @@ def _matching_files(spark: SparkSession, txn, predicate: str) -> list:
     table (by its checksum file) is marked read as a whole instead: same protection,
     without the Spark job that listing its files would run."""
     snapshot = txn.snapshot()
-    if _checksum_file_count(snapshot.deltaLog().dataPath().toString(), int(snapshot.version())) == 0:
+    if checksum_file_count(snapshot.deltaLog().dataPath().toString(), int(snapshot.version())) == 0:
         txn.readWholeTable()
         return []
     condition = spark._jsparkSession.sessionState().sqlParser().parseExpression(predicate)
@@ -194,7 +204,7 @@ def _add_actions(spark: SparkSession, add_actions: list[str]) -> list:
 
 
 def replace_files(
-    spark: SparkSession, table: str, predicate: str, add_actions: list[str], partition_columns: list[str]
+    spark: SparkSession, table: TableRef, predicate: str, add_actions: list[str], partition_columns: list[str]
 ) -> int:
     """One Delta commit that removes every file of ``table`` matching the partition
     ``predicate`` (SQL over partition columns only) and adds ``add_actions`` (Delta
@@ -204,7 +214,7 @@ def replace_files(
     other partitions does not conflict; a conflicting one raises Delta's
     ``Concurrent…Exception`` (retry with :func:`tables.with_conflict_retry`).
     """
-    txn = _start(spark, table)
+    txn = _start(spark, table.location)
     removes = [f.remove() for f in _matching_files(spark, txn, predicate)]
     return _commit(spark, txn, removes + _add_actions(spark, add_actions), predicate, partition_columns)
 
@@ -214,7 +224,7 @@ REWRITE_MAX_BYTES = 64 << 20
 
 
 def rewrite_rows(
-    spark: SparkSession, table: str, key: str, ids: list[int], rows, file_tag: str, max_bytes: int = REWRITE_MAX_BYTES
+    spark: SparkSession, table: TableRef, key: str, ids: list[int], rows, file_tag: str, max_bytes: int = REWRITE_MAX_BYTES
 ) -> int | None:
     """Replace the rows of a small unpartitioned table whose ``key`` is in ``ids`` with
     ``rows`` (a pyarrow Table in the table's Arrow schema), in one commit; the new version.
@@ -231,10 +241,10 @@ def rewrite_rows(
 
     from filterspark.delta.parquet_files import write_partition
 
-    root = local_path(table)
+    root = local_path(table.location)
     if root is None:
         return None
-    txn = _start(spark, table)
+    txn = _start(spark, table.location)
     predicate = id_predicate(key, ids)
     old = _matching_files(spark, txn, predicate)
     if any(f.deletionVector() is not None for f in old) or sum(int(f.size()) for f in old) > max_bytes:
@@ -259,31 +269,3 @@ def rewrite_rows(
         raise
 
 
-def referenced_files(spark: SparkSession, table: str, root: str) -> set[str] | None:
-    """Paths (relative to ``root``) of the data files the table's latest snapshot
-    references; None when the snapshot cannot be read."""
-    try:
-        uris = spark.read.format("delta").load(table).inputFiles()
-    except Exception:  # noqa: BLE001 - cannot tell
-        return None
-    return {os.path.relpath(p, root) for p in (local_path(u) for u in uris) if p}
-
-
-def discard_unreferenced(spark: SparkSession, table: str, root: str, relative_paths) -> int:
-    """Delete the files among ``relative_paths`` that the latest snapshot does not reference
-    (after a failed commit: an error raised after the commit landed must not delete
-    committed files); none when the snapshot cannot be read. Returns how many."""
-    referenced = referenced_files(spark, table, root)
-    if referenced is None:
-        return 0
-    from filterspark.delta.parquet_files import remove_files
-
-    return remove_files(root, [p for p in relative_paths if p not in referenced])
-
-
-def file_location(path: str, root: str) -> str | None:
-    """The local path of a data file named in the Delta log (relative and URI-encoded, or
-    an absolute URI); None when it is not on a local file system."""
-    if urlparse(path).scheme:
-        return local_path(path)
-    return os.path.join(root, unquote(path))

@@ -19,17 +19,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-#: Catalog metadata columns promoted to top-level columns of ``models``.
-KNOWN_METADATA = (
-    "task",
-    "visual_category",
-    "training_dataset",
-    "pretraining_dataset",
-    "architecture",
-    "family",
-    "paper",
-    "source",
-)
+from filterspark.sources.catalog import KNOWN_METADATA  # noqa: E402 - the catalog schema owns it
 
 #: Model metadata denormalised into every ``filters`` row, for pruning and grouping.
 FILTER_METADATA = ("task", "visual_category", "training_dataset", "family")
@@ -278,13 +268,16 @@ ANALYSIS_TABLES = {
 }
 
 #: ``<table>_latest``: the rows of the latest complete run of each scope. Registered by
-#: ``session.register_tables`` (views are session-scoped without a metastore) whenever
-#: the tables they read exist. ``{db}`` is the database.
+#: ``warehouse.register_tables`` (views are session-scoped without a metastore) whenever
+#: the tables they read exist. ``{db}`` is the quoted schema (``Warehouse.schema_sql``).
 VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     f"{name}_latest": (
-        f"SELECT t.* FROM `{{db}}`.`{name}` t WHERE t.run_id IN "
-        f"(SELECT max(run_id) FROM `{{db}}`.`analysis_runs` GROUP BY scope)",
+        f"SELECT t.* FROM {{db}}.`{name}` t WHERE t.run_id IN "
+        f"(SELECT max(run_id) FROM {{db}}.`analysis_runs` GROUP BY scope)",
         (name, "analysis_runs"),
     )
     for name in ANALYSIS_TABLES
 }
+
+#: Every table the project writes, by name.
+ALL_TABLES = {**TABLES, **ANALYSIS_TABLES}

@@ -7,15 +7,26 @@ table's replacement of a set of models is one Delta transaction (``replaceWhere`
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Callable, Iterable, TypeVar
+import uuid
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from filterspark.delta.schemas import PARTITION_COLUMNS, TABLES
-from filterspark.engine.session import register_tables, table_path
+from filterspark.delta import jvm
+from filterspark.delta.schemas import ALL_TABLES, PARTITION_COLUMNS, TABLES
+from filterspark.delta.warehouse import (
+    DEFAULT_DATABASE, TableRef, Warehouse, as_warehouse, id_predicate, quote, register_tables,
+)
+from filterspark.errors import TableBeingCreated
+
+__all__ = [
+    "append_rows", "ensure_table", "ensure_tables", "id_predicate", "is_write_conflict", "replace_rows",
+    "rows_frame", "table_detail", "table_exists", "upsert_rows", "with_conflict_retry",
+]
 
 log = logging.getLogger("filterspark.delta.tables")
 T = TypeVar("T")
@@ -35,10 +46,6 @@ _CONFLICT_MARKERS = (
     "TABLE_OR_VIEW_ALREADY_EXISTS",
     "TableBeingCreated",
 )
-
-
-class TableBeingCreated(RuntimeError):
-    """A concurrent job is half-way through creating the same table (retryable)."""
 
 
 def is_write_conflict(err: BaseException) -> bool:
@@ -61,87 +68,147 @@ def with_conflict_retry(action: Callable[[], T], what: str, attempts: int = 12) 
     raise AssertionError("unreachable")
 
 
-def ensure_table(spark: SparkSession, warehouse: str, database: str, name: str, schema: StructType | None = None) -> str:
-    """Create the Delta table ``name`` (empty, with its schema) unless it exists; return its path."""
-    from delta.tables import DeltaTable
+def _column_ddl(schema: StructType) -> str:
+    """The columns of ``schema`` as a ``CREATE TABLE`` column list (types, NOT NULL, comments)."""
+    parts = []
+    for f in schema.fields:
+        ddl = f"{quote(f.name)} {f.dataType.simpleString()}"
+        if not f.nullable:
+            ddl += " NOT NULL"
+        comment = f.metadata.get("comment") if f.metadata else None
+        if comment:
+            ddl += " COMMENT '" + comment.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        parts.append(ddl)
+    return ", ".join(parts)
 
-    path = table_path(warehouse, database, name)
-    schema = schema or TABLES[name]
-    if DeltaTable.isDeltaTable(spark, path):
-        return path
+
+def table_detail(spark: SparkSession, table: TableRef) -> dict:
+    """``location``, ``properties``, ``tableFeatures`` and ``numFiles`` of ``table``: from the
+    snapshot on the driver's JVM where that works (no Spark job), else ``DESCRIBE DETAIL``."""
+    if table.location is not None and jvm.unavailable_reason(spark) is None:
+        return jvm.snapshot_detail(spark, table.location)
+    return spark.sql(f"DESCRIBE DETAIL {table.sql}").first().asDict()
+
+
+def table_exists(spark: SparkSession, table: TableRef) -> bool:
+    """Whether ``table`` exists (a Delta table at its location, or a name in the catalog)."""
+    from pyspark.errors import AnalysisException
+
+    if table.managed:
+        return spark.catalog.tableExists(table.sql)
+    if jvm.unavailable_reason(spark) is None:
+        try:
+            jvm.snapshot_detail(spark, table.location)
+            return True
+        except ValueError:
+            return False
+    try:
+        spark.sql(f"DESCRIBE DETAIL {table.sql}").collect()
+        return True
+    except AnalysisException:
+        return False
+
+
+def _foreign_files(spark: SparkSession, location: str) -> bool:
+    """Whether anything is at ``location`` (where that can be seen: a local path, or any
+    file system through the classic session's JVM)."""
+    from filterspark.delta.files import local_path
+
+    root = local_path(location)
+    if root is not None:
+        return os.path.isdir(root) and bool(os.listdir(root))
+    if jvm.unavailable_reason(spark) is None:
+        return jvm.location_exists(spark, location)
+    return False
+
+
+def _with_location(spark: SparkSession, table: TableRef) -> TableRef:
+    """A managed table's ref with its storage location from the catalog."""
+    if table.location is not None:
+        return table
+    location = spark.sql(f"DESCRIBE DETAIL {table.sql}").first()["location"]
+    return TableRef(table.name, table.sql, location, managed=True)
+
+
+def ensure_table(spark: SparkSession, warehouse: Warehouse | str, database: str = DEFAULT_DATABASE,
+                 name: str = "", schema: StructType | None = None) -> TableRef:
+    """Create the Delta table ``name`` (empty, with its schema and partitioning) unless it
+    exists; return its :class:`TableRef` (with its location)."""
+    wh = as_warehouse(warehouse, database)
+    table = wh.table(name)
+    schema = schema or ALL_TABLES[name]
+    if table_exists(spark, table):
+        return _with_location(spark, table)
+    partitions = PARTITION_COLUMNS.get(name)
+    statement = (
+        f"CREATE TABLE IF NOT EXISTS {table.sql} ({_column_ddl(schema)}) USING DELTA"
+        + (f" PARTITIONED BY ({', '.join(quote(c) for c in partitions)})" if partitions else "")
+    )
+    if wh.managed:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {wh.schema_sql}")
 
     def create() -> None:
-        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-        partitions = PARTITION_COLUMNS.get(name)
-        if partitions:
-            builder = builder.partitionedBy(*partitions)
-        try:
-            builder.execute()
-        except Exception as err:  # noqa: BLE001 - Py4J wraps Delta's error
-            if DeltaTable.isDeltaTable(spark, path):
+        if not table.managed and _foreign_files(spark, table.location):
+            if table_exists(spark, table):
                 return  # a concurrent job finished creating it meanwhile
-            if not _location_exists(spark, path):
-                raise
             # Most likely another job half-way through creating it (its first files exist,
-            # its first commit not yet; Delta's error then depends on how far it got):
-            # retried; foreign files that never become a table fail after the retries.
+            # its first commit not yet): retried. Foreign files that never become a table
+            # fail after the retries; a table is never created over them (VACUUM would
+            # delete them).
             raise TableBeingCreated(
-                f"{path} is not empty and not a Delta table: another job creating it, or foreign files"
-            ) from err
+                f"{table.location} is not empty and not a Delta table: another job creating it, or foreign files"
+            )
+        spark.sql(statement)
 
     with_conflict_retry(create, f"create {name}", attempts=4)
-    return path
+    return _with_location(spark, table)
 
 
-def _location_exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return bool(hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(hpath))
-
-
-def ensure_tables(spark: SparkSession, warehouse: str, database: str, names: Iterable[str] = TABLES) -> dict[str, str]:
+def ensure_tables(spark: SparkSession, warehouse: Warehouse | str, database: str = DEFAULT_DATABASE,
+                  names: Iterable[str] = TABLES) -> dict[str, TableRef]:
     """Create the listed tables if needed and register the warehouse's tables by name."""
-    paths = {name: ensure_table(spark, warehouse, database, name) for name in names}
-    register_tables(spark, warehouse, database)
-    return paths
+    wh = as_warehouse(warehouse, database)
+    refs = {name: ensure_table(spark, wh, name=name) for name in names}
+    register_tables(spark, wh)
+    return refs
 
 
-def id_predicate(column: str, ids: Iterable[int]) -> str:
-    """SQL predicate selecting the given integer ids."""
-    values = ",".join(str(int(i)) for i in sorted(set(ids)))
-    return f"{column} IN ({values})" if values else "false"
+def _save(writer, table: TableRef) -> None:
+    if table.managed:
+        writer.saveAsTable(table.sql)
+    else:
+        writer.save(table.location)
 
 
-def replace_rows(df: DataFrame, path: str, predicate: str, what: str) -> None:
+def replace_rows(df: DataFrame, table: TableRef, predicate: str, what: str) -> None:
     """Atomically replace the rows matching ``predicate`` with ``df`` (one Delta commit)."""
     with_conflict_retry(
-        lambda: df.write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(path),
+        lambda: _save(df.write.format("delta").mode("overwrite").option("replaceWhere", predicate), table),
         what,
     )
 
 
-def append_rows(df: DataFrame, path: str, what: str) -> None:
-    """Append ``df`` to the Delta table at ``path`` (one commit; for rows with new keys)."""
-    with_conflict_retry(lambda: df.write.format("delta").mode("append").save(path), what)
+def append_rows(df: DataFrame, table: TableRef, what: str) -> None:
+    """Append ``df`` to ``table`` (one commit; for rows with new keys)."""
+    with_conflict_retry(lambda: _save(df.write.format("delta").mode("append"), table), what)
 
 
-def upsert_rows(spark: SparkSession, df: DataFrame, path: str, keys: Iterable[str], what: str) -> None:
-    """MERGE ``df`` into the Delta table at ``path`` on ``keys`` (update all / insert all)."""
-    from delta.tables import DeltaTable
-
-    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-
-    def merge() -> None:
-        (
-            DeltaTable.forPath(spark, path)
-            .alias("t")
-            .merge(df.alias("s"), condition)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
+def upsert_rows(spark: SparkSession, df: DataFrame, table: TableRef, keys: Iterable[str], what: str) -> None:
+    """MERGE ``df`` into ``table`` on ``keys`` (update all / insert all), through SQL so that
+    it runs on classic and Connect sessions alike."""
+    view = f"filterspark_merge_{uuid.uuid4().hex}"
+    condition = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
+    df.createOrReplaceTempView(view)
+    try:
+        with_conflict_retry(
+            lambda: spark.sql(
+                f"MERGE INTO {table.sql} t USING {view} s ON {condition} "
+                "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+            ).collect(),
+            what,
         )
-
-    with_conflict_retry(merge, what)
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 def rows_frame(spark: SparkSession, rows: list[dict], schema: StructType) -> DataFrame:

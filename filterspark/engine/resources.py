@@ -10,13 +10,16 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import logging
 import math
 import os
 import re
 import socket
-from dataclasses import dataclass
 from typing import Mapping
+
+from filterspark.delta.capabilities import session_conf
+from filterspark.errors import OptionsError
 
 log = logging.getLogger("filterspark.engine.resources")
 
@@ -120,7 +123,7 @@ def plan_gpus(conf: Mapping[str, str], requested: float | None = None) -> GpuPla
     executor_gpus = _amount(conf, "spark.executor.resource.gpu.amount")
     task_gpus = _amount(conf, "spark.task.resource.gpu.amount")
     if requested is not None and requested < 0:
-        raise ValueError(f"gpus per task must be >= 0, got {requested}")
+        raise OptionsError(f"gpus_per_task must be >= 0, got {requested}")
     if task_gpus > 0:
         reason = f"spark.task.resource.gpu.amount={task_gpus:g} gives every task its GPU share"
         if requested not in (None, task_gpus):
@@ -145,7 +148,7 @@ def plan_gpus(conf: Mapping[str, str], requested: float | None = None) -> GpuPla
 
 def default_gpus_per_task(spark) -> float:
     """GPUs the extraction stage asks for when the user did not say (see :func:`plan_gpus`)."""
-    plan = plan_gpus(dict(spark.sparkContext.getConf().getAll()))
+    plan = plan_gpus(session_conf(spark))
     return plan.gpus_per_task if plan.mode == STAGE else 0.0
 
 

@@ -16,17 +16,22 @@ runs such a function on the executors, one of two ways, with identical results:
 """
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 import pickle
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from filterspark.kernels.balance import balanced_groups
-from filterspark.delta.jvm import local_path, table_detail, unreadable_features
+from filterspark.delta.capabilities import default_parallelism, set_job_description
+from filterspark.delta.files import local_path, unreadable_features
 from filterspark.delta.schemas import WEIGHT_COLUMNS
+from filterspark.delta.tables import table_detail
+from filterspark.delta.warehouse import TableRef
+from filterspark.engine.runner import reduce_results, run_tasks
+from filterspark.errors import AnalyzeError, OptionsError
+from filterspark.kernels.balance import balanced_groups
 
 #: The columns every scan batch carries.
 SCAN_COLUMNS = (*WEIGHT_COLUMNS, "model_id", "conv_depth_norm")
@@ -37,6 +42,8 @@ TASK_BYTES = 128 << 20
 _MODEL_DIR = re.compile(r"/model_id=(-?\d+)/")
 
 BatchTask = Callable[[Iterator[Any]], Any]
+#: How a scan reads the filters: auto (files where possible), files, spark (a DataFrame).
+SCAN_MODES = ("auto", "files", "spark")
 
 
 @dataclass
@@ -53,26 +60,18 @@ class FilterScan:
     def mode(self) -> str:
         return "files" if self.file_groups is not None else "spark"
 
-    def _file_results(self, task: BatchTask, description: str):
-        """The RDD of ``task(batches)`` per file group (files path only)."""
-        sc = self.spark.sparkContext
-        sc.setJobDescription(f"filterspark analyze: {description}")
-        return sc.parallelize(self.file_groups, len(self.file_groups)).map(lambda group: task(read_files(group)))
-
     def map(self, task: BatchTask, description: str) -> list[Any]:
         """``task(batches)`` on every Spark task; the results (small objects) on the driver."""
+        what = f"filterspark analyze: {description}"
         if self.file_groups is not None:
-            return self._file_results(task, description).collect() if self.file_groups else []
-        self.spark.sparkContext.setJobDescription(f"filterspark analyze: {description}")
+            return run_tasks(self.spark, self.file_groups, lambda _, group: [task(read_files(group))], what)
+        set_job_description(self.spark, what)
         return [pickle.loads(r[0]) for r in self.frame.mapInArrow(_pickled(task), "result binary").collect()]
 
     def reduce(self, task: BatchTask, merge: Callable[[Any, Any], Any], description: str) -> Any:
-        """``task`` on every Spark task, results merged with ``merge`` (on the executors,
-        as a tree, for the files path); None when there is nothing to scan."""
-        if self.file_groups is not None:
-            return self._file_results(task, description).treeReduce(merge, depth=2) if self.file_groups else None
-        results = self.map(task, description)
-        return functools.reduce(merge, results) if results else None
+        """``task`` on every Spark task, the results merged on the driver with ``merge``;
+        None when there is nothing to scan."""
+        return reduce_results(self.map(task, description), merge)
 
 
 def _pickled(task: BatchTask):
@@ -116,15 +115,16 @@ def plan_file_groups(files: list[tuple[str, int, int]], parallelism: int) -> lis
     return balanced_groups([((path, model_id), size) for path, model_id, size in ordered], n_tasks)
 
 
-def file_scan(spark: SparkSession, filters_path: str, model_ids: set[int]) -> tuple[list | None, str]:
-    """File groups of the current snapshot for ``model_ids``, or (None, why not)."""
+def file_scan(spark: SparkSession, filters: TableRef, model_ids: set[int]) -> tuple[list | None, str]:
+    """File groups of the current snapshot for ``model_ids``, or (None, why not). File sizes
+    (for balancing) are read where the driver sees the files, else taken as equal."""
     import os
 
-    unreadable = unreadable_features(table_detail(spark, filters_path))
+    unreadable = unreadable_features(table_detail(spark, filters))
     if unreadable:
         return None, f"the filters table uses {', '.join(unreadable)}"
     files: list[tuple[str, int, int]] = []
-    for uri in spark.read.format("delta").load(filters_path).inputFiles():
+    for uri in filters.read(spark).inputFiles():
         path = local_path(uri)
         if path is None:
             return None, f"data files are not on a local file system ({uri.split(':', 1)[0]}:)"
@@ -133,13 +133,13 @@ def file_scan(spark: SparkSession, filters_path: str, model_ids: set[int]) -> tu
             return None, "the filters table is not partitioned by model_id"
         model_id = int(match.group(1))
         if model_id in model_ids:
-            files.append((path, model_id, os.path.getsize(path)))
-    return plan_file_groups(files, spark.sparkContext.defaultParallelism), ""
+            files.append((path, model_id, os.path.getsize(path) if os.path.exists(path) else 1))
+    return plan_file_groups(files, default_parallelism(spark)), ""
 
 
 def filter_scan(
     spark: SparkSession,
-    filters_path: str,
+    filters: TableRef,
     model_ids: set[int],
     frame: Callable[[], DataFrame],
     mode: str = "auto",
@@ -148,16 +148,16 @@ def filter_scan(
     """The scan for one analysis: the files path when ``mode`` allows it and the scope is
     a set of whole models (``model_level_scope``), else ``frame()`` (a DataFrame of
     :data:`SCAN_COLUMNS`, already scoped)."""
-    if mode not in ("auto", "files", "spark"):
-        raise ValueError(f"scan mode must be auto, files or spark, not {mode!r}")
-    reason = "--scan spark"
+    if mode not in SCAN_MODES:
+        raise OptionsError(f"scan must be one of {', '.join(SCAN_MODES)}, not {mode!r}")
+    reason = "scan='spark'"
     if mode != "spark":
         if not model_level_scope:
-            reason = "the --where predicate uses filter-level columns"
+            reason = "the where predicate uses filter-level columns"
         else:
-            groups, reason = file_scan(spark, filters_path, model_ids)
+            groups, reason = file_scan(spark, filters, model_ids)
             if groups is not None:
                 return FilterScan(spark, file_groups=groups)
         if mode == "files":
-            raise ValueError(f"--scan files is not possible: {reason}")
+            raise AnalyzeError(f"scan='files' is not possible: {reason}")
     return FilterScan(spark, frame=frame().select(*[F.col(c) for c in SCAN_COLUMNS]), reason=reason)

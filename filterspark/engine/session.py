@@ -6,22 +6,24 @@
   or the spark-defaults.conf that ``filterspark setup`` writes for spark-submit).
 * A master is set only when none was given (``spark-submit --master`` or
   ``spark.master`` in the conf win); the embedded default is ``local[*]``.
-* Tables live under the warehouse directory as ``<warehouse>/<database>.db/<table>``
-  and are registered by name (``filterdb.filters``) in every new session by
-  :func:`register_tables`. No Hive/Derby metastore is needed, so any number of jobs can
-  use the same local warehouse at once; on a cluster with a real metastore the same
-  ``CREATE ... IF NOT EXISTS`` statements are no-ops once the tables are known.
+* ``remote``/``SPARK_REMOTE`` gives a Spark Connect session instead (the server owns
+  its Delta and warehouse settings).
+* The warehouse's tables are named in the new session by
+  :func:`filterspark.delta.warehouse.register_tables` (path or catalog mode).
 """
 from __future__ import annotations
 
 import glob
 import os
-import sys
 from pathlib import Path
+import sys
 from typing import Mapping
 
-DEFAULT_DATABASE = "filterdb"
-DEFAULT_WAREHOUSE = "warehouse"
+from filterspark.delta import jvm
+from filterspark.delta.capabilities import set_log_level
+from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, register_tables, warehouse_uri
+from filterspark.engine.resources import is_local_master
+from filterspark.errors import OptionsError, SessionError
 
 #: Spark settings applied when running in local mode and not set by the user.
 #: ``conf/local.conf`` carries the same values for ``spark-submit --properties-file``.
@@ -50,18 +52,6 @@ def delta_maven_coordinate() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
 
 
-def _delta_class_loadable() -> bool:
-    """Under spark-submit the JVM already runs: ask it whether Delta's classes are there."""
-    from pyspark import SparkContext
-
-    SparkContext._ensure_initialized()
-    try:
-        SparkContext._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
-        return True
-    except Exception:
-        return False
-
-
 def _delta_on_classpath(preset: Mapping[str, str]) -> bool:
     """True when Delta's JARs need no Maven resolution (Databricks or already supplied)."""
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
@@ -79,47 +69,51 @@ def _delta_on_classpath(preset: Mapping[str, str]) -> bool:
     return any(glob.glob(os.path.join(h, "jars", "delta-spark*.jar")) for h in homes if h)
 
 
-def _preset_conf() -> dict[str, str]:
-    """Settings already given to this driver (spark-submit flags, properties file).
-
-    Only read when spark-submit started the JVM (``PYSPARK_GATEWAY_PORT`` set): reading a
-    ``SparkConf`` otherwise would launch a JVM before the Delta packages are configured.
-    """
-    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
-        return {}
-    from pyspark import SparkConf, SparkContext
-
-    # Connect to spark-submit's running JVM first: without a gateway SparkConf() is an
-    # empty Python-side conf and would hide --packages/--jars/spark-defaults.conf.
-    SparkContext._ensure_initialized()
-    return dict(SparkConf().getAll())
+def remote_url(remote: str | None = None) -> str | None:
+    """The Spark Connect URL to use: ``remote``, else Spark's own ``SPARK_REMOTE``, else None."""
+    url = remote or os.environ.get("SPARK_REMOTE") or None
+    if url and not url.startswith("sc://"):
+        raise OptionsError(f"remote must be a Spark Connect URL (sc://host:port), not {url!r}")
+    return url
 
 
-def warehouse_uri(warehouse: str) -> str:
-    """A warehouse given as a filesystem URI is kept; a plain path is made absolute.
-
-    Plain paths stay scheme-less so Spark resolves them on its default filesystem
-    (the local disk in local mode, HDFS/DBFS on a cluster).
-    """
-    if ":" in warehouse.split("/")[0]:
-        return warehouse.rstrip("/")
-    return str(Path(warehouse).expanduser().resolve())
-
-
-def _same_location(a: str, b: str) -> bool:
-    """Compare locations written as ``/p``, ``file:/p`` or ``file:///p``."""
-
-    def norm(loc: str) -> str:
-        if loc.startswith("file:"):
-            loc = "/" + loc[len("file:"):].lstrip("/")
-        return loc.rstrip("/")
-
-    return norm(a) == norm(b)
-
-
-def table_path(warehouse: str, database: str, table: str) -> str:
-    """Storage location of one table: ``<warehouse>/<database>.db/<table>``."""
-    return f"{warehouse_uri(warehouse)}/{database}.db/{table}"
+def configure_builder(
+    builder,
+    warehouse: str | None = None,
+    master: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    extra_packages: list[str] | None = None,
+    preset: Mapping[str, str] | None = None,
+):
+    """Configure a classic ``SparkSession.Builder`` for filterspark and return it: Delta's SQL
+    extension and catalog, its JARs unless they are on the classpath already, the
+    warehouse directory, and small-machine settings for local masters that the user's
+    own configuration (``preset``: spark-submit flags, properties files) does not set.
+    A master is set only when none was given; the embedded default is ``local[*]``."""
+    preset = dict(preset or {})
+    settings: dict[str, str] = {}
+    given_master = master or preset.get("spark.master")
+    if not given_master:
+        given_master = "local[*]"
+        settings["spark.master"] = given_master
+    elif master:
+        settings["spark.master"] = master
+    if is_local_master(given_master):
+        settings.update({k: v for k, v in LOCAL_DEFAULTS.items() if k not in preset})
+    settings.update(DELTA_SETTINGS)
+    if warehouse:
+        settings["spark.sql.warehouse.dir"] = warehouse_uri(warehouse)
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if not _delta_on_classpath({**preset, **settings}):
+        if os.environ.get("PYSPARK_GATEWAY_PORT") and not jvm.delta_on_driver_classpath():
+            raise SessionError(
+                "Delta Lake is not on this spark-submit's classpath. Run `filterspark setup` once "
+                f"(adds it to this Spark's spark-defaults.conf) or pass --packages {delta_maven_coordinate()}"
+            )
+        builder = builder.config("spark.jars.packages", ",".join([delta_maven_coordinate(), *(extra_packages or [])]))
+    return builder
 
 
 def build_session(
@@ -129,138 +123,41 @@ def build_session(
     master: str | None = None,
     conf: Mapping[str, str] | None = None,
     extra_packages: list[str] | None = None,
+    remote: str | None = None,
+    catalog: str | None = None,
 ):
     """Return a Delta-enabled SparkSession with the warehouse's tables registered.
 
-    An already running session is reused (notebooks, Databricks, tests); its Delta and
-    warehouse settings are then taken as they are.
+    ``remote`` (or ``SPARK_REMOTE``) connects to a Spark Connect server instead of starting
+    a driver here; the server's own Delta and warehouse settings then apply. An already
+    running classic session is reused (notebooks, Databricks, tests) as it is.
+    ``catalog`` selects catalog mode (tables managed as ``catalog.database.table``).
     """
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        if warehouse:
-            register_tables(active, warehouse, database)
-        return active
-
-    preset = _preset_conf()
-    settings: dict[str, str] = {}
-    given_master = master or preset.get("spark.master")
-    if not given_master:
-        given_master = "local[*]"
-        settings["spark.master"] = given_master
-    elif master:
-        settings["spark.master"] = master
-    if given_master.startswith("local"):
-        for key, value in LOCAL_DEFAULTS.items():
-            if key not in preset:
-                settings[key] = value
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        # Local executors must run the interpreter that has this project installed
-        # (pyspark takes the workers' interpreter from PYSPARK_PYTHON, default python3).
-        os.environ.setdefault("PYSPARK_PYTHON", preset.get("spark.pyspark.python", sys.executable))
-    settings.update(DELTA_SETTINGS)
-    if warehouse:
-        settings["spark.sql.warehouse.dir"] = warehouse_uri(warehouse)
-    settings.update(conf or {})
-
-    builder = SparkSession.builder.appName(app_name)
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    if not _delta_on_classpath({**preset, **settings}):
-        if os.environ.get("PYSPARK_GATEWAY_PORT") and not _delta_class_loadable():
-            raise RuntimeError(
-                "Delta Lake is not on this spark-submit's classpath. Run `filterspark setup` once "
-                f"(adds it to this Spark's spark-defaults.conf) or pass --packages {delta_maven_coordinate()}"
+    wh = Warehouse(warehouse or DEFAULT_WAREHOUSE, database, catalog) if (warehouse or catalog) else None
+    url = remote_url(remote)
+    if url:
+        spark = SparkSession.builder.remote(url).getOrCreate()
+    else:
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            preset = jvm.submitted_conf()
+            master_given = master or preset.get("spark.master") or "local[*]"
+            if is_local_master(master_given):
+                os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+                # Local executors must run the interpreter that has this project installed
+                # (pyspark takes the workers' interpreter from PYSPARK_PYTHON, default python3).
+                os.environ.setdefault("PYSPARK_PYTHON", preset.get("spark.pyspark.python", sys.executable))
+            builder = configure_builder(
+                SparkSession.builder.appName(app_name), None if catalog else warehouse, master, conf,
+                extra_packages, preset,
             )
-        packages = ",".join([delta_maven_coordinate(), *(extra_packages or [])])
-        builder = builder.config("spark.jars.packages", packages)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("FILTERSPARK_LOG_LEVEL", "WARN"))
-    if warehouse:
-        register_tables(spark, warehouse, database)
+            spark = builder.getOrCreate()
+            set_log_level(spark, os.environ.get("FILTERSPARK_LOG_LEVEL", "WARN"))
+    if wh is not None:
+        register_tables(spark, wh)
     return spark
-
-
-def _list_table_dirs(spark, db_location: str) -> list[str]:
-    """Sub-directories of ``db_location`` that hold a Delta log (any Hadoop filesystem)."""
-    jvm = spark._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(db_location)
-    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
-        return []
-    names = []
-    for status in fs.listStatus(hpath):
-        if status.isDirectory():
-            child = status.getPath()
-            if fs.exists(jvm.org.apache.hadoop.fs.Path(child, "_delta_log")):
-                names.append(child.getName())
-    return sorted(names)
-
-
-#: (Spark application id, database) → the warehouse URI its names were last registered for.
-_REGISTERED: dict[tuple[str, str], str] = {}
-
-
-def registered_warehouse(spark, database: str = DEFAULT_DATABASE) -> str | None:
-    """The warehouse (URI) whose tables :func:`register_tables` last named in ``database``
-    in this Spark application, or None."""
-    return _REGISTERED.get((spark.sparkContext.applicationId, database))
-
-
-def register_tables(spark, warehouse: str, database: str = DEFAULT_DATABASE) -> list[str]:
-    """Register every Delta table under ``<warehouse>/<database>.db`` as ``database.table``."""
-    db_location = f"{warehouse_uri(warehouse)}/{database}.db"
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}` LOCATION '{db_location}'")
-    names = _list_table_dirs(spark, db_location)
-    for name in names:
-        location = f"{db_location}/{name}"
-        qualified = f"`{database}`.`{name}`"
-        current = _registered_location(spark, database, name)
-        if current is not None and not _same_location(current, location):
-            # Registered for another warehouse earlier in this session: re-point it. The
-            # table is external (LOCATION), so dropping the registration keeps its data.
-            spark.sql(f"DROP TABLE {qualified}")
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
-    _drop_stale_names(spark, database, db_location, names)
-    _register_views(spark, database, names)
-    _REGISTERED[(spark.sparkContext.applicationId, database)] = warehouse_uri(warehouse)
-    return names
-
-
-def _drop_stale_names(spark, database: str, db_location: str, names: list[str]) -> None:
-    """Unregister the external tables of ``database`` that point outside ``db_location``
-    and have no table there: names left from another warehouse (a reused session, or a
-    persistent metastore) must not answer for this one. Their data is kept."""
-    for table in spark.catalog.listTables(database):
-        if table.isTemporary or table.tableType != "EXTERNAL" or table.name in names:
-            continue
-        location = _registered_location(spark, database, table.name)
-        if location is not None and not _same_location(location.rsplit("/", 1)[0], db_location):
-            spark.sql(f"DROP TABLE `{database}`.`{table.name}`")
-
-
-def _register_views(spark, database: str, tables: list[str]) -> None:
-    """Create the views of ``schemas.VIEWS`` whose tables exist (views are session-scoped
-    without a metastore, so every session defines them again; a no-op change with one),
-    and drop those whose tables do not."""
-    from filterspark.delta.schemas import VIEWS
-
-    for view, (query, needs) in VIEWS.items():
-        if all(t in tables for t in needs):
-            spark.sql(f"CREATE OR REPLACE VIEW `{database}`.`{view}` AS {query.format(db=database)}")
-        else:
-            spark.sql(f"DROP VIEW IF EXISTS `{database}`.`{view}`")
-
-
-def _registered_location(spark, database: str, name: str) -> str | None:
-    """Location of ``database.name`` in this session's catalog, or None if not registered."""
-    if not spark.catalog.tableExists(f"{database}.{name}"):
-        return None
-    for row in spark.sql(f"DESCRIBE TABLE EXTENDED `{database}`.`{name}`").collect():
-        if row[0] == "Location":
-            return row[1]
-    return None
 
 
 def install_spark_defaults(spark_home: str | None = None) -> Path:

@@ -13,21 +13,20 @@ command line (``--warehouse`` → widget ``warehouse``, ``--database`` → ``dat
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
 import re
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
+
+from filterspark.delta.capabilities import is_connect
+from filterspark.errors import NotebookError
 
 HEADER = "# Databricks notebook source"
 SEPARATOR = "# COMMAND ----------"
 MAGIC = "# MAGIC"
 DISPLAY_ROWS = 20
-
-
-class NotebookError(RuntimeError):
-    """A notebook that cannot be parsed, or a cell that failed (message names the cell)."""
 
 
 @dataclass
@@ -231,14 +230,15 @@ def run_notebook(
     started = time.perf_counter()
     run = NotebookRun(path=path, cells=parse_notebook(path.read_text(encoding="utf-8")))
     if spark is None:
-        from filterspark.engine.session import DEFAULT_DATABASE, build_session
+        from filterspark.engine.session import build_session
+        from filterspark.delta.warehouse import DEFAULT_DATABASE
 
         spark = build_session(app_name=f"filterspark-notebook-{path.stem}", warehouse=params.get("warehouse"),
                               database=params.get("database", DEFAULT_DATABASE))
     widgets = Widgets(params)
     display = Display(out, Path(out_dir) if out_dir else None, run)
     namespace: dict[str, Any] = {
-        "__name__": "__main__", "__file__": str(path), "spark": spark, "sc": spark.sparkContext,
+        "__name__": "__main__", "__file__": str(path), "spark": spark, "sc": None if is_connect(spark) else spark.sparkContext,
         "display": display, "displayHTML": lambda h: print(f"[html: {len(str(h))} characters]", file=out),
         "dbutils": DBUtils(widgets),
     }
@@ -273,7 +273,7 @@ def run_notebook(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``filterspark notebook run NOTEBOOK --warehouse DIR [--param k=v] [--out DIR]``."""
-    from filterspark.engine.session import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
+    from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
 
     sub = parser.add_subparsers(dest="notebook_command", required=True)
     run_parser = sub.add_parser("run", help="execute a Databricks source notebook locally",

@@ -64,7 +64,7 @@ def model_header(m) -> str:
 
 def print_model(spark, database: str, name: str, fmt: str, limit: int | None, out=None) -> int:
     """Print the per-layer table of one model; 2 when there is no such model, 1 when it failed."""
-    from filterspark.cli import format_rows
+    from filterspark.outputs.formatting import format_rows
 
     out = out or sys.stdout
     from pyspark.sql import functions as F
@@ -91,7 +91,7 @@ def print_model(spark, database: str, name: str, fmt: str, limit: int | None, ou
 
 def print_ranking(spark, database: str, fmt: str, limit: int | None, out=None) -> int:
     """Print the models ranked by degeneration (worst first)."""
-    from filterspark.cli import format_rows
+    from filterspark.outputs.formatting import format_rows
 
     df = spark.sql(WORST_MODELS_SQL.format(db=f"`{database}`"))
     if limit:
@@ -112,10 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from filterspark.engine.session import build_session
-
-    spark = build_session(app_name="filterspark-quality", warehouse=args.warehouse, database=args.database)
+def run(spark, args: argparse.Namespace) -> int:
+    """``filterspark quality`` on ``spark`` (the warehouse's tables already named)."""
     if not spark.catalog.tableExists(f"{args.database}.models"):
         print(f"error: no {args.database}.models table in {args.warehouse} (run extract first)", file=sys.stderr)
         return 2

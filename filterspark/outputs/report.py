@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import argparse
 import base64
+from dataclasses import dataclass, field
 import datetime as _dt
 import html
 import io
+from pathlib import Path
 import re
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
+from matplotlib.figure import Figure
+import pandas as pd
 
+from filterspark.delta.warehouse import Warehouse, register_tables
+from filterspark.errors import ReportError
 from filterspark.outputs import plots
 from filterspark.outputs import report_data as rd
 
@@ -77,6 +79,13 @@ class ReportOptions:
     models: tuple[str, ...] = ()  # filter grids of these models (default: healthiest and most degenerated)
     group_by: tuple[str, ...] = (rd.HEALTH, "task")  # model groups of the depth box plots
     inline: bool = False
+    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
+    catalog_name: str | None = None
+
+    @property
+    def tables(self) -> Warehouse:
+        """Where the report's tables are."""
+        return Warehouse(self.warehouse, self.database, self.catalog_name)
 
 
 @dataclass
@@ -126,7 +135,7 @@ def _grid_models(spark, database: str, names: tuple[str, ...]) -> list[tuple[int
         by_name = {r.name: r for r in rows}
         missing = [n for n in names if n not in by_name]
         if missing:
-            raise ValueError(f"no ok model with 3x3 layers named {', '.join(missing)}")
+            raise ReportError(f"no ok model with 3x3 layers named {', '.join(missing)}")
         return [(by_name[n].model_id, n, "requested") for n in names]
     if not rows:
         return []
@@ -149,7 +158,7 @@ def build_figures(spark, options: ReportOptions, run: dict | None):
                           "3x3 filters, with their explained-variance ratios.", "pca_basis"), plots.pca_basis_figure(basis_df)
         yield FigureEntry("explained_variance", "Explained variance", "Explained-variance ratio per component and "
                           "cumulative.", "pca_basis"), plots.explained_variance_figure(basis_df)
-        hist2d = rd.coefficient_pair_histogram(spark, options.warehouse, db, run, rd.basis_from_frame(basis_df))
+        hist2d = rd.coefficient_pair_histogram(spark, options.tables, run, rd.basis_from_frame(basis_df))
         yield FigureEntry("coefficient_density_c0_c1", "Density of c0 vs c1", "2-D histogram of the first two "
                           "coefficients (computed by the executors), log colour scale.", "filters, pca_basis"), \
             plots.coefficient_density(hist2d)
@@ -210,17 +219,15 @@ def build_report(spark, options: ReportOptions, on_figure: Callable[[FigureEntry
     shows them). A missing ``models`` table, or a requested run or scope that does not
     exist, is a ValueError raised before anything is written.
     """
-    from filterspark.engine.session import register_tables
-
     started = time.perf_counter()
     db = options.database
-    tables = register_tables(spark, options.warehouse, db)
+    tables = register_tables(spark, options.tables)
     if "models" not in tables:
-        raise ValueError(f"no {db}.models table in {options.warehouse}: run the extraction first")
+        raise ReportError(f"no {db}.models table in {options.warehouse}: run the extraction first")
     if "analysis_runs" in tables:  # (a registration left from another warehouse does not count)
         run = rd.analysis_run(spark, db, options.run_id, options.scope)
     elif options.run_id or options.scope != "all":
-        raise ValueError(f"no analysis run in {options.warehouse}: run the analysis first")
+        raise ReportError(f"no analysis run in {options.warehouse}: run the analysis first")
     else:
         run = None
     out = Path(options.out)
@@ -295,20 +302,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inline", action="store_true", help="embed the PNGs in index.html (one file)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from filterspark.engine.session import build_session
-
-    spark = build_session(app_name="filterspark-report", warehouse=args.warehouse, database=args.database)
+def run(spark, args: argparse.Namespace) -> int:
+    """``filterspark report`` on ``spark`` (the warehouse's tables already named)."""
     options = ReportOptions(
-        warehouse=args.warehouse, out=args.out, database=args.database, run_id=args.run_id, scope=args.scope,
+        warehouse=args.warehouse, out=args.out, database=args.database, catalog_name=args.catalog_name,
+        run_id=args.run_id, scope=args.scope,
         models=tuple(args.model), group_by=tuple(g.strip() for g in args.group_by.split(",") if g.strip()),
         inline=args.inline,
     )
-    try:
-        result = build_report(spark, options)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = build_report(spark, options)
     for line in result.lines():
         print(line)
     return 0

@@ -13,8 +13,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from filterspark.kernels.pca import N_WEIGHTS, PCABasis, project, scale_filters
+from filterspark.delta.capabilities import set_job_description
 from filterspark.delta.schemas import WEIGHT_COLUMNS
+from filterspark.delta.warehouse import Warehouse
+from filterspark.errors import ReportError
+from filterspark.kernels.pca import N_WEIGHTS, PCABasis, project, scale_filters
 from filterspark.kernels.shifts import bin_edges
 
 #: Tiles shown per layer in a filter grid (the first ``filter_index`` values).
@@ -52,19 +55,19 @@ def analysis_run(spark, database: str, run_id: str | None = None, scope: str = "
     ValueError."""
     if not table_exists(spark, database, "analysis_runs"):
         if run_id or scope != "all":
-            raise ValueError(f"no {database}.analysis_runs table: run the analysis first")
+            raise ReportError(f"no {database}.analysis_runs table: run the analysis first")
         return None
     runs = spark.table(f"{database}.analysis_runs")
     if run_id:
         rows = runs.where(runs.run_id == run_id).collect()
         if not rows:
-            raise ValueError(f"no analysis run {run_id!r} in {database}.analysis_runs")
+            raise ReportError(f"no analysis run {run_id!r} in {database}.analysis_runs")
         return rows[0].asDict()
     row = runs.where(runs.scope == scope).orderBy(runs.run_id.desc()).first()
     if row is None and scope == "all":
         row = runs.orderBy(runs.run_id.desc()).first()
     elif row is None:
-        raise ValueError(f"no analysis run of scope {scope!r} in {database}.analysis_runs")
+        raise ReportError(f"no analysis run of scope {scope!r} in {database}.analysis_runs")
     return None if row is None else row.asDict()
 
 
@@ -97,7 +100,7 @@ def pair_counts(coeffs: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray) ->
 
 
 def coefficient_pair_histogram(
-    spark, warehouse: str, database: str, run: dict, basis: PCABasis,
+    spark, warehouse: Warehouse, run: dict, basis: PCABasis,
     components: tuple[int, int] = (0, 1), bins: int | None = None,
 ) -> pd.DataFrame:
     """2-D histogram of two components' coefficients over the run's scope, in Spark.
@@ -115,7 +118,7 @@ def coefficient_pair_histogram(
     lo, hi = float(run["range_lo"]), float(run["range_hi"])
     edges = bin_edges(lo, hi, bins)
     cx, cy = components
-    options = AnalyzeOptions(warehouse=warehouse, database=database,
+    options = AnalyzeOptions(warehouse=warehouse.location, database=warehouse.database, catalog_name=warehouse.catalog,
                              where=None if run["scope"] == ALL else run["scope"])
     joined, _ = analysis_input(spark, options)
 
@@ -134,14 +137,14 @@ def coefficient_pair_histogram(
             names=["ix", "iy", "count"],
         )
 
-    spark.sparkContext.setJobDescription(f"filterspark report: 2-D histogram c{cx} x c{cy}")
+    set_job_description(spark, f"filterspark report: 2-D histogram c{cx} x c{cy}")
     cells = (
         joined.select(*WEIGHT_COLUMNS)
         .mapInArrow(task, "ix int, iy int, count long")
         .groupBy("ix", "iy").sum("count").withColumnRenamed("sum(count)", "count")
         .toPandas()
     )
-    spark.sparkContext.setJobDescription(None)
+    set_job_description(spark, None)
     cells = cells.sort_values(["iy", "ix"]).reset_index(drop=True)
     cells["count"] = cells["count"].astype(np.int64)
     return cells.assign(bins_x=bins, bins_y=bins, x_min=lo, x_max=hi, y_min=lo, y_max=hi)
@@ -186,7 +189,7 @@ def model_groups(spark, database: str, group_bys: Sequence[str]) -> pd.DataFrame
         keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
         missing = [g for g in unknown if g not in keys]
         if missing:
-            raise ValueError(f"unknown model group {', '.join(missing)}: use {HEALTH}, a column of models or a "
+            raise ReportError(f"unknown model group {', '.join(missing)}: use {HEALTH}, a column of models or a "
                              f"metadata key ({', '.join(sorted(keys)) or 'none'})")
     labels = []
     for g in dict.fromkeys(group_bys):

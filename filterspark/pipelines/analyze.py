@@ -19,35 +19,32 @@ is written last, so the ``<table>_latest`` views only ever show complete runs.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 import datetime as _dt
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
-from filterspark.kernels import coefficients as co
-from filterspark.engine.scans import FilterScan, filter_scan
-from filterspark.engine.phases import Phases
-from filterspark.kernels.pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
 from filterspark.delta.schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS, arrow_schema
-from filterspark.engine.session import DEFAULT_DATABASE, register_tables, table_path
+from filterspark.delta.tables import append_rows, ensure_table, rows_frame, table_exists
+from filterspark.delta.warehouse import DEFAULT_DATABASE, Warehouse, register_tables, registered_warehouse
+from filterspark.engine.phases import Phases
+from filterspark.engine.scans import SCAN_MODES, FilterScan, filter_scan
+from filterspark.errors import AnalyzeError, OptionsError
+from filterspark.kernels import coefficients as co
+from filterspark.kernels.pca import N_WEIGHTS, PCABasis, FilterMoments, moments, pca_from_moments, project, provisional_reference, scale_filters
 from filterspark.kernels.shifts import N_BINS, bin_edges, combine_ranges, normalised_histogram, shift_matrix
-from filterspark.delta.tables import append_rows, ensure_table, rows_frame
 
 #: ``--by`` default: those of these that exist (``variant`` is a metadata key of the demo zoo).
 DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_decile", "variant")
 DEPTH_DIMENSION = "depth_decile"
 ALL = "all"  # the dimension (and group) of the whole scope
 _MODEL = "__model__"  # internal dimension: one group per model (for model_shifts)
-
-
-class AnalyzeError(ValueError):
-    """A problem with the request or the input tables (reported, exit status 2)."""
 
 
 @dataclass
@@ -62,6 +59,24 @@ class AnalyzeOptions:
     write_coefficients: bool = False
     scan: str = "auto"  # auto | files | spark (see filter_scan)
     min_group_filters: int | None = None  # None: 10 per bin (700 for 70 bins)
+    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
+    catalog_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scan not in SCAN_MODES:
+            raise OptionsError(f"scan must be one of {', '.join(SCAN_MODES)}, not {self.scan!r}")
+        if self.bins < 1:
+            raise OptionsError(f"bins must be at least 1, not {self.bins}")
+        if self.min_group_filters is not None and self.min_group_filters < 0:
+            raise OptionsError(f"min_group_filters must be >= 0, not {self.min_group_filters}")
+        if isinstance(self.by, str):
+            self.by = tuple(d.strip() for d in self.by.split(",") if d.strip())
+        self.tables  # validates the warehouse names
+
+    @property
+    def tables(self) -> Warehouse:
+        """Where the analysed and written tables are."""
+        return Warehouse(self.warehouse, self.database, self.catalog_name)
 
     @property
     def scope(self) -> str:
@@ -168,14 +183,12 @@ def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[st
 def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFrame, DataFrame]:
     """(filters of ``ok`` models joined with their model row and ``depth_decile``, after
     ``--where``; the ``ok`` models). Filters with a non-finite weight are left out."""
-    from delta.tables import DeltaTable
-
-    paths = {t: table_path(options.warehouse, options.database, t) for t in ("filters", "models")}
-    for name, path in paths.items():
-        if not DeltaTable.isDeltaTable(spark, path):
-            raise AnalyzeError(f"no {name} table at {path}: run the extraction first")
-    models = spark.read.format("delta").load(paths["models"]).where(F.col("status") == "ok")
-    filters = spark.read.format("delta").load(paths["filters"]).select(
+    tables = {t: options.tables.table(t) for t in ("filters", "models")}
+    for name, table in tables.items():
+        if not table_exists(spark, table):
+            raise AnalyzeError(f"no {name} table ({table.location or table.sql}): run the extraction first")
+    models = tables["models"].read(spark).where(F.col("status") == "ok")
+    filters = tables["filters"].read(spark).select(
         "model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, "conv_depth", "conv_depth_norm"
     )
     joined = filters.join(F.broadcast(models), "model_id").withColumn(DEPTH_DIMENSION, _depth_decile())
@@ -186,7 +199,7 @@ def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFr
             joined = joined.where(F.expr(options.where))
             joined.schema  # resolve now: a bad predicate is the user's error
         except Exception as err:  # noqa: BLE001 - AnalysisException / ParseException
-            raise AnalyzeError(f"bad --where predicate {options.where!r}: {str(err).splitlines()[0]}") from err
+            raise AnalyzeError(f"bad where predicate {options.where!r}: {str(err).splitlines()[0]}") from err
     return joined, models
 
 
@@ -347,11 +360,7 @@ def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, m
         else:
             in_scope = models.where(F.expr(options.where)) if options.scope != ALL else models
             ids = {int(r[0]) for r in in_scope.select("model_id").collect()}
-    path = table_path(options.warehouse, options.database, "filters")
-    try:
-        return filter_scan(spark, path, ids, lambda: joined, options.scan, model_level)
-    except ValueError as err:
-        raise AnalyzeError(str(err)) from err
+    return filter_scan(spark, options.tables.table("filters"), ids, lambda: joined, options.scan, model_level)
 
 
 # --- driver-side results --------------------------------------------------------------------
@@ -482,11 +491,11 @@ def _extremes(rows: list[dict]) -> dict[str, tuple[tuple, tuple]]:
 def _registered(spark: SparkSession, options: AnalyzeOptions, tables: list[str]) -> bool:
     """Whether the names already point at this warehouse and every table written has its
     ``_latest`` view (registration re-reads every table's log: seconds, so skipped)."""
-    from filterspark.engine.session import registered_warehouse, warehouse_uri
-
-    db = options.database
-    return registered_warehouse(spark, db) == warehouse_uri(options.warehouse) and all(
-        spark.catalog.tableExists(f"{db}.{t}_latest") for t in tables
+    wh = options.tables
+    if wh.managed:
+        return all(spark.catalog.tableExists(f"{wh.catalog}.{wh.database}.{t}_latest") for t in tables)
+    return registered_warehouse(spark, wh.database) == wh.uri and all(
+        spark.catalog.tableExists(f"{wh.database}.{t}_latest") for t in tables
     )
 
 
@@ -501,7 +510,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     started = time.perf_counter()
     run = new_run(options.scope)
     report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters)
-    phase = Phases(spark.sparkContext, report.phases, "filterspark analyze")
+    phase = Phases(spark, report.phases, "filterspark analyze")
 
     joined, models = analysis_input(spark, options)
     dims = resolve_dimensions(models, options.by)
@@ -549,10 +558,10 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
 
 
     def write(name: str, df: DataFrame) -> None:
-        path = ensure_table(spark, options.warehouse, options.database, name, ANALYSIS_TABLES[name])
+        table = ensure_table(spark, options.tables, name=name, schema=ANALYSIS_TABLES[name])
         # An append: the run id is new, so no earlier row can match it. (A replaceWhere on
         # the non-partition run_id costs a delete scan: ~10x an append, measured.)
-        append_rows(df, path, f"write {name}")
+        append_rows(df, table, f"write {name}")
         report.tables.append(name)
 
     hist = spark.createDataFrame(
@@ -585,7 +594,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     }
     write("analysis_runs", rows_frame(spark, [summary], S.ANALYSIS_RUNS))
     if not _registered(spark, options, report.tables):
-        register_tables(spark, options.warehouse, options.database)
+        register_tables(spark, options.tables)
     phase("write")
     report.seconds = time.perf_counter() - started
     return report

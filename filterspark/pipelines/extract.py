@@ -21,34 +21,33 @@ Either way the filters commit is one transaction for all models of the run; then
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 
-from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from filterspark.kernels.balance import balanced_groups
-from filterspark.sources.catalog import CatalogEntry
-from filterspark.delta.jvm import (
-    discard_unreferenced,
-    file_write_blockers,
-    local_path,
-    replace_files,
-    rewrite_rows,
-    table_detail,
-    transaction_api_available,
-)
-from filterspark.engine.resources import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
-from filterspark.kernels.quality import QualityThresholds
-from filterspark.engine.phases import Phases
+from filterspark.delta import jvm
+from filterspark.delta.capabilities import default_parallelism, session_conf
+from filterspark.delta.files import discard_unreferenced, file_write_blockers, local_path
 from filterspark.delta.schemas import FILTERS, FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
-from filterspark.engine.session import DEFAULT_DATABASE, register_tables
-from filterspark.delta.tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows, with_conflict_retry
+from filterspark.delta.tables import (
+    ensure_tables, id_predicate, replace_rows, rows_frame, table_detail, upsert_rows, with_conflict_retry,
+)
+from filterspark.delta.warehouse import DEFAULT_DATABASE, TableRef, Warehouse, register_tables
+from filterspark.engine.phases import Phases
+from filterspark.engine.resources import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
+from filterspark.engine.runner import run_tasks
+from filterspark.errors import OptionsError
+from filterspark.kernels.balance import balanced_groups
+from filterspark.kernels.quality import QualityThresholds
+from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
+from filterspark.sources.catalog import CatalogEntry
 
 log = logging.getLogger("filterspark.extract")
 
@@ -56,15 +55,8 @@ log = logging.getLogger("filterspark.extract")
 EXTRACTOR_VERSION = "1"
 
 
-class ListAccumulator(AccumulatorParam):
-    """Accumulates lists by concatenation (per-model summaries from tasks)."""
-
-    def zero(self, value):
-        return []
-
-    def addInPlace(self, a, b):
-        a.extend(b)
-        return a
+#: How filter rows reach Delta (see the module docstring).
+WRITE_MODES = ("auto", "files", "spark")
 
 
 @dataclass
@@ -83,6 +75,22 @@ class ExtractOptions:
     max_model_bytes: int | str | None = None
     #: how filter rows reach Delta: auto | files | spark (see the module docstring)
     write: str = "auto"
+    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
+    catalog_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.write not in WRITE_MODES:
+            raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {self.write!r}")
+        if self.models_per_task is not None and self.models_per_task < 1:
+            raise OptionsError(f"models_per_task must be at least 1, not {self.models_per_task}")
+        if self.gpus_per_task is not None and self.gpus_per_task < 0:
+            raise OptionsError(f"gpus_per_task must be >= 0, not {self.gpus_per_task}")
+        self.tables  # validates the warehouse names
+
+    @property
+    def tables(self) -> Warehouse:
+        """Where the run's tables are."""
+        return Warehouse(self.warehouse, self.database, self.catalog_name)
 
     def settings_json(self) -> str:
         return json.dumps({"v": EXTRACTOR_VERSION, "thresholds": asdict(self.thresholds)}, sort_keys=True)
@@ -128,22 +136,18 @@ def fingerprint(entry: CatalogEntry, checksum: str | None, settings_json: str) -
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _existing_fingerprints(spark: SparkSession, models_path: str, ids: list[int]) -> dict[int, str]:
-    if table_detail(spark, models_path).get("numFiles") == 0:
-        return {}  # a new warehouse: no query (a Spark job) needed
-    df = spark.read.format("delta").load(models_path).where(id_predicate("model_id", ids))
-    return {r.model_id: r.fingerprint for r in df.select("model_id", "fingerprint").collect()}
-
-
-def _checksums(spark: SparkSession, entries: list[CatalogEntry]) -> dict[str, dict]:
-    """Stage 1: executors checksum the files (they, not the driver, see the model storage)."""
+def _checksum_task(_: int, pairs: list[tuple[str, str]]):
     from filterspark.pipelines.extract_task import checksum_or_error
 
+    return [(name, checksum_or_error(path)) for name, path in pairs]
+
+
+def _checksums(spark: SparkSession, entries: list[CatalogEntry], parallelism: int) -> dict[str, dict]:
+    """Stage 1: executors checksum the files (they, not the driver, see the model storage)."""
     pairs = [(e.name, e.path) for e in entries]
-    slices = max(1, min(len(pairs), spark.sparkContext.defaultParallelism * 2))
-    spark.sparkContext.setJobDescription("filterspark: checksum model files")
-    rdd = spark.sparkContext.parallelize(pairs, slices)
-    return dict(rdd.map(lambda p: (p[0], checksum_or_error(p[1]))).collect())
+    slices = max(1, min(len(pairs), parallelism * 2))
+    chunks = [pairs[i::slices] for i in range(slices)]
+    return dict(run_tasks(spark, chunks, _checksum_task, "filterspark: checksum model files"))
 
 
 def extraction_profile(gpus_per_task: float):
@@ -165,24 +169,43 @@ def extraction_profile(gpus_per_task: float):
 def _gpu_scheduling(spark: SparkSession, conf: dict[str, str], requested: float | None) -> tuple[GpuPlan, object]:
     """The GPU plan and the extraction stage's profile, falling back when Spark refuses it.
 
-    The profile is registered up front (``withResources`` on an empty RDD runs no job),
-    so a cluster manager without stage-level scheduling degrades to the CPU with a
-    warning instead of failing the write.
+    The profile is tried up front on a one-row ``mapInArrow`` with no task work, so a
+    cluster manager without stage-level scheduling degrades to the CPU with a warning
+    instead of failing the write.
     """
     plan = plan_gpus(conf, requested)
     if plan.mode != STAGE:
         return plan, None
     profile = extraction_profile(plan.gpus_per_task)
-    try:
-        spark.sparkContext.emptyRDD().withResources(profile)
-    except Exception as err:  # noqa: BLE001 - Py4J wraps Spark's refusal
-        reason = next((l for l in str(err).splitlines() if "Exception:" in l), str(err).splitlines()[0])
+    refusal = _profile_refusal(spark, profile)
+    if refusal:
+        reason = refusal
         log.warning(
             "stage-level scheduling is unavailable (%s); extracting on the CPU. To give every task a GPU "
             "instead, set spark.task.resource.gpu.amount (conf/gpu-cluster.conf)", reason.strip()
         )
         return GpuPlan(CPU, 0.0, "stage-level scheduling unavailable; set spark.task.resource.gpu.amount"), None
     return plan, profile
+
+
+def _profile_refusal(spark: SparkSession, profile) -> str | None:
+    """None when Spark schedules a stage with ``profile``, else its refusal (one line).
+    Spark refuses a profile when the stage is planned, so an empty stage is enough."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    def nothing(batches):
+        return iter(())
+
+    try:
+        spark.range(0, 0, 1, 1).mapInArrow(nothing, "id long", profile=profile).collect()
+        return None
+    except (PySparkException, Py4JJavaError) as err:
+        text = str(err)
+        if "esource" not in text:  # not a refusal of the profile: a real failure
+            raise
+        return next((line for line in text.splitlines() if "supported" in line or "Exception" in line),
+                    text.splitlines()[0]).strip()
 
 
 #: Test hook: seconds each extraction task sleeps before every model (set through
@@ -233,27 +256,27 @@ def _task_extractions(groups, thresholds: QualityThresholds):
         yield _extract_job(payload, device, note, thresholds, delay)
 
 
-def _make_task(accumulator, thresholds: QualityThresholds):
-    """The mapInArrow function (spark path): input rows of task groups → filter rows."""
+def _streaming_task(thresholds: QualityThresholds):
+    """The spark path's task: its task groups → each model's filter batches, then its
+    ``(summary, layer rows)`` (see :func:`writes.stream_filters`)."""
 
-    def extract_partition(batches):
-        groups = (group for batch in batches for group in batch.column(0).to_pylist())
+    def run(groups):
         for result in _task_extractions(groups, thresholds):
             yield from result.filter_batches()
-            accumulator.add([(result.summary, result.layers)])
+            yield result.summary, result.layers
             result.loaded = None  # free the weights before the next model
 
-    return extract_partition
+    return run
 
 
-def _make_file_task(thresholds: QualityThresholds, filters_root: str, file_tag: str):
+def _file_task(thresholds: QualityThresholds, filters_root: str, file_tag: str):
     """The task of the files path: payloads → ``(summary, layer rows, add actions)`` per model,
     the filter rows written as Parquet files into the model's partition directory."""
 
-    def extract_partition(index, groups):
+    def extract_partition(index: int, group: str):
         from filterspark.delta.parquet_files import write_partition
 
-        for result in _task_extractions(groups, thresholds):
+        for result in _task_extractions([group], thresholds):
             partition = {"model_id": result.summary["model_id"]}
             actions = write_partition(filters_root, partition, result.filter_batches(), f"{index:05d}-{file_tag}")
             result.loaded = None
@@ -262,21 +285,26 @@ def _make_file_task(thresholds: QualityThresholds, filters_root: str, file_tag: 
     return extract_partition
 
 
-def write_path(spark: SparkSession, filters_path: str, requested: str) -> tuple[str, str, str | None]:
+def write_path(spark: SparkSession, filters: TableRef, requested: str) -> tuple[str, str, str | None]:
     """``(mode, reason, local root)``: whether extraction writes ``filters`` files itself."""
-    if requested not in ("auto", "files", "spark"):
-        raise ValueError(f"write mode must be auto, files or spark, not {requested!r}")
+    if requested not in WRITE_MODES:
+        raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {requested!r}")
     if requested == "spark":
-        return "spark", "--write spark", None
-    detail = table_detail(spark, filters_path)
-    blockers = file_write_blockers(detail)
-    reasons = [f"the filters table: {'; '.join(blockers)}"] if blockers else []
-    if not transaction_api_available(spark):
-        reasons.append("open-source Delta's transaction API is not on the driver's JVM")
+        return "spark", "write='spark'", None
+    reasons = []
+    missing = jvm.unavailable_reason(spark)
+    if missing:
+        reasons.append(f"direct Delta commits need the driver's JVM ({missing})")
+        detail = {}
+    else:
+        detail = table_detail(spark, filters)
+        blockers = file_write_blockers(detail)
+        if blockers:
+            reasons.append(f"the filters table: {'; '.join(blockers)}")
     if reasons:
         reason = "; ".join(reasons)
         if requested == "files":
-            raise ValueError(f"--write files is not possible: {reason}")
+            raise OptionsError(f"write='files' is not possible: {reason}")
         return "spark", reason, None
     return "files", "", local_path(str(detail["location"]))
 
@@ -289,24 +317,21 @@ def _run_files(root: str, ids: list[int], file_tag: str) -> list[str]:
 
 
 def _write_filters_as_files(
-    spark, groups: list[str], profile, options, root, table, ids, phase: Phases
+    spark, groups: list[str], profile, options, root, table: TableRef, ids, phase: Phases
 ) -> list[tuple[dict, list]]:
     """The files path: tasks write Parquet, the driver commits every file in one Delta transaction."""
     from filterspark.delta.parquet_files import committed_paths, remove_files
 
     file_tag = uuid.uuid4().hex[:16]
-    rdd = spark.sparkContext.parallelize(groups, max(1, len(groups)))
-    rdd = rdd.mapPartitionsWithIndex(_make_file_task(options.thresholds, root, file_tag))
-    if profile is not None:
-        rdd = rdd.withResources(profile)
     actions: list[str] = []
     try:
-        outputs = rdd.collect()
+        outputs = run_tasks(spark, groups, _file_task(options.thresholds, root, file_tag),
+                            "filterspark: extract models", profile)
         phase("extract", "commit filters")
         actions = [a for _, _, adds in outputs for a in adds]
         predicate = id_predicate("model_id", ids)
         with_conflict_retry(
-            lambda: replace_files(spark, table, predicate, actions, list(FILTERS_PARTITION_COLUMNS)), "write filters"
+            lambda: jvm.replace_files(spark, table, predicate, actions, list(FILTERS_PARTITION_COLUMNS)), "write filters"
         )
     except BaseException:
         discard_unreferenced(spark, table, root, _run_files(root, ids, file_tag))
@@ -318,44 +343,20 @@ def _write_filters_as_files(
     return [(summary, layers) for summary, layers, _ in outputs]
 
 
-def _replace_model_rows(
-    spark: SparkSession, path: str, rows: list[dict], schema, ids: list[int], direct: bool, spark_write
-) -> None:
-    """Replace the rows of models ``ids`` in the small table at ``path`` by ``rows``: on the
-    driver with pyarrow and one Delta commit where possible (``direct``), else ``spark_write()``."""
-    if direct:
-        import pyarrow as pa
-
-        from filterspark.delta.schemas import arrow_schema
-
-        table = pa.Table.from_pylist([{k: r.get(k) for k in schema.fieldNames()} for r in rows], schema=arrow_schema(schema))
-        tag = uuid.uuid4().hex[:16]
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        if with_conflict_retry(lambda: rewrite_rows(spark, path, "model_id", ids, table, tag), f"write {name}") is not None:
-            return
-    spark_write()
-
-
-def _commit_models(spark: SparkSession, path: str, summaries: list[dict], ids: list[int], direct: bool) -> None:
-    """Write the ``models`` rows: the run's commit record, always the last write."""
-    _replace_model_rows(
-        spark, path, summaries, MODELS, ids, direct,
-        lambda: upsert_rows(spark, rows_frame(spark, summaries, MODELS), path, ["model_id"], "write models"),
-    )
-
-
 def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: ExtractOptions) -> ExtractReport:
     """Extract every new or changed catalog model into the warehouse's Delta tables."""
     started = time.perf_counter()
     report = ExtractReport(models_total=len(entries))
-    phase = Phases(spark.sparkContext, report.phases, "filterspark")
-    paths = ensure_tables(spark, options.warehouse, options.database)
+    phase = Phases(spark, report.phases, "filterspark")
+    tables = ensure_tables(spark, options.tables)
     settings = options.settings_json()
+    conf = session_conf(spark)
+    parallelism = default_parallelism(spark, conf)
     phase("tables", "checksum model files")
 
-    checks = _checksums(spark, entries)
+    checks = _checksums(spark, entries, parallelism)
     phase("checksums", "compare fingerprints")
-    known = _existing_fingerprints(spark, paths["models"], [e.model_id for e in entries])
+    known = existing_fingerprints(spark, tables["models"], [e.model_id for e in entries])
     todo = []
     for entry in entries:
         fp = fingerprint(entry, checks[entry.name]["checksum"], settings)
@@ -366,7 +367,6 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
         report.seconds = time.perf_counter() - started
         return report
 
-    conf = dict(spark.sparkContext.getConf().getAll())
     plan, profile = _gpu_scheduling(spark, conf, options.gpus_per_task)
     report.gpu_plan = plan.line()
     log.info(report.gpu_plan)
@@ -389,21 +389,15 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
         (json.dumps({"entry": e.to_dict(), "fingerprint": fp, "checksum": checks[e.name]}), checks[e.name]["file_size"])
         for e, fp in runnable
     ]
-    sc = spark.sparkContext
-    groups = [json.dumps(g) for g in plan_tasks(payloads, sc.defaultParallelism, options.models_per_task)]
+    groups = [json.dumps(g) for g in plan_tasks(payloads, parallelism, options.models_per_task)]
     ids = [e.model_id for e, _ in todo]
     predicate = id_predicate("model_id", ids)
-    report.write, report.write_reason, root = write_path(spark, paths["filters"], options.write)
+    report.write, report.write_reason, root = write_path(spark, tables["filters"], options.write)
     phase("plan", f"extract {len(todo)} models")
     if report.write == "files":
-        extracted = _write_filters_as_files(spark, groups, profile, options, root, paths["filters"], ids, phase)
+        extracted = _write_filters_as_files(spark, groups, profile, options, root, tables["filters"], ids, phase)
     else:
-        accumulator = sc.accumulator([], ListAccumulator())
-        jobs = spark.createDataFrame(sc.parallelize([(g,) for g in groups], max(1, len(groups))), "jobs string")
-        task = _make_task(accumulator, options.thresholds)
-        filters = jobs.mapInArrow(task, FILTERS, profile=profile) if profile else jobs.mapInArrow(task, FILTERS)
-        replace_rows(filters, paths["filters"], predicate, "write filters")
-        extracted = accumulator.value
+        extracted = stream_filters(spark, groups, _streaming_task(options.thresholds), tables["filters"], predicate, profile)
     phase("commit filters" if report.write == "files" else "extract", "write layers")
 
     # A retried write (conflict or lost executor) re-runs tasks: keep one result per model.
@@ -414,18 +408,13 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
         raise RuntimeError(f"no extraction result for {len(missing)} models, e.g. {missing[0].name}")
 
     direct = report.write == "files" and not any(
-        file_write_blockers(table_detail(spark, paths[t])) for t in ("layers", "models")
+        file_write_blockers(table_detail(spark, tables[t])) for t in ("layers", "models")
     )
     layer_rows = [row for _, layers in results.values() for row in layers]
-    _replace_model_rows(
-        spark, paths["layers"], layer_rows, LAYERS, ids, direct,
-        lambda: replace_rows(rows_frame(spark, layer_rows, LAYERS), paths["layers"], predicate, "write layers"),
-    )
-    phase("layers", "write models")
     summaries = [summary for summary, _ in results.values()]
-    _commit_models(spark, paths["models"], summaries, ids, direct)
+    commit_layers_and_models(spark, tables["layers"], tables["models"], layer_rows, summaries, ids, direct, phase)
     phase("models", "register tables")
-    register_tables(spark, options.warehouse, options.database)
+    register_tables(spark, options.tables)
     phase("register")
 
     report.extracted = len(summaries)

@@ -7,27 +7,29 @@ file itself (a path every executor can read: NFS, Lustre, a FUSE mount such as
 quality metrics from those weights, and streams the layer's rows as Arrow batches into
 one Delta commit — no filter passes through the driver, and a task holds at most one
 layer in memory. Small per-layer results (metrics, sha256 of the weights) come back
-through an accumulator; then ``layers`` is replaced and ``models`` merged last, exactly
+beside the rows (:func:`writes.stream_filters`); then ``layers`` is replaced and ``models`` merged last, exactly
 as extraction does, so ``analyze``, ``quality`` and the report work unchanged.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 import hashlib
 import json
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
-from filterspark.pipelines.extract import ListAccumulator
-from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
+from filterspark.delta.capabilities import set_job_description
+from filterspark.delta.schemas import FILTER_METADATA, MODEL_QUALITY_FIELDS
+from filterspark.delta.tables import ensure_tables, id_predicate
+from filterspark.delta.warehouse import DEFAULT_DATABASE, Warehouse, register_tables
+from filterspark.errors import OptionsError
 from filterspark.kernels.quality import LayerQuality, QualityThresholds, model_quality
-from filterspark.delta.schemas import FILTER_METADATA, FILTERS, LAYERS, MODEL_QUALITY_FIELDS, MODELS
-from filterspark.engine.session import DEFAULT_DATABASE, register_tables
-from filterspark.delta.tables import ensure_tables, id_predicate, replace_rows, rows_frame, upsert_rows
+from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
+from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
 
 log = logging.getLogger("filterspark.import")
 
@@ -47,6 +49,18 @@ class ImportOptions:
     normalise_tasks: bool = False
     rows_per_task: int = DEFAULT_ROWS_PER_TASK
     force: bool = False
+    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
+    catalog_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows_per_task < 1:
+            raise OptionsError(f"rows_per_task must be at least 1, not {self.rows_per_task}")
+        self.tables  # validates the warehouse names
+
+    @property
+    def tables(self) -> Warehouse:
+        """Where the import's tables are."""
+        return Warehouse(self.warehouse, self.database, self.catalog_name)
 
     def settings_json(self) -> str:
         return json.dumps(
@@ -109,10 +123,11 @@ def _unit_payload(layers: list[LayerRange], by_id: dict[int, ImportModel]) -> st
     )
 
 
-def _make_task(path: str, accumulator, thresholds: QualityThresholds):
-    """The mapInArrow function: one input row per work unit -> its filter rows."""
+def _import_task(path: str, thresholds: QualityThresholds):
+    """The streaming task (see :func:`writes.stream_filters`): work units → their filter
+    rows, then per unit the list of its layers' results."""
 
-    def import_partition(batches):
+    def import_partition(payloads):
         import torch
 
         from filterspark.pipelines.extract_task import MAX_BATCH_ROWS, filter_batch
@@ -121,32 +136,31 @@ def _make_task(path: str, accumulator, thresholds: QualityThresholds):
 
         h5, dataset = open_filters(path)
         try:
-            for batch in batches:
-                for payload in batch.column(0).to_pylist():
-                    results = []
-                    for layer in json.loads(payload):
-                        started = time.perf_counter()
-                        weights = read_rows(dataset, layer["start"], layer["stop"])
-                        n = weights.shape[0]
-                        digest = hashlib.sha256(weights.data).hexdigest()
-                        quality = layer_quality(torch.from_numpy(weights).reshape(n, 1, 3, 3), thresholds)
-                        for s in range(0, n, MAX_BATCH_ROWS):
-                            yield filter_batch(
-                                layer["model_id"], layer["layer_index"], s, weights[s : s + MAX_BATCH_ROWS],
-                                layer["meta"], layer["depth"], layer["depth_norm"],
-                            )
-                        del weights
-                        results.append(
-                            {
-                                "model_id": layer["model_id"],
-                                "layer_index": layer["layer_index"],
-                                "n": n,
-                                "sha256": digest,
-                                "seconds": time.perf_counter() - started,
-                                "quality": quality.as_dict(),
-                            }
+            for payload in payloads:
+                results = []
+                for layer in json.loads(payload):
+                    started = time.perf_counter()
+                    weights = read_rows(dataset, layer["start"], layer["stop"])
+                    n = weights.shape[0]
+                    digest = hashlib.sha256(weights.data).hexdigest()
+                    quality = layer_quality(torch.from_numpy(weights).reshape(n, 1, 3, 3), thresholds)
+                    for s in range(0, n, MAX_BATCH_ROWS):
+                        yield filter_batch(
+                            layer["model_id"], layer["layer_index"], s, weights[s : s + MAX_BATCH_ROWS],
+                            layer["meta"], layer["depth"], layer["depth_norm"],
                         )
-                    accumulator.add(results)
+                    del weights
+                    results.append(
+                        {
+                            "model_id": layer["model_id"],
+                            "layer_index": layer["layer_index"],
+                            "n": n,
+                            "sha256": digest,
+                            "seconds": time.perf_counter() - started,
+                            "quality": quality.as_dict(),
+                        }
+                    )
+                yield results
         finally:
             h5.close()
 
@@ -228,20 +242,15 @@ def _unsorted_partition_writes(spark: SparkSession):
             spark.conf.set(_CONCURRENT_WRITERS, previous)
 
 
-def _existing_fingerprints(spark: SparkSession, models_path: str, ids: list[int]) -> dict[int, str]:
-    df = spark.read.format("delta").load(models_path).where(id_predicate("model_id", ids))
-    return {r.model_id: r.fingerprint for r in df.select("model_id", "fingerprint").collect()}
-
-
 def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> ImportReport:
     """Import every new or changed model of ``db`` into the warehouse's Delta tables."""
     started = time.perf_counter()
     report = ImportReport(path=db.path, models_total=len(db.models), warnings=list(db.warnings))
-    paths = ensure_tables(spark, options.warehouse, options.database)
+    tables = ensure_tables(spark, options.tables)
     settings = options.settings_json()
 
     fps = {m.model_id: fingerprint(m, settings) for m in db.models}
-    known = _existing_fingerprints(spark, paths["models"], list(fps))
+    known = existing_fingerprints(spark, tables["models"], list(fps))
     todo = [m for m in db.models if options.force or known.get(m.model_id) != fps[m.model_id]]
     report.skipped = len(db.models) - len(todo)
     if not todo:
@@ -250,22 +259,18 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
 
     by_id = {m.model_id: m for m in todo}
     units = plan_units((l for m in todo for l in m.layers), options.rows_per_task)
-    payloads = [(_unit_payload(unit, by_id),) for unit in units]
-    sc = spark.sparkContext
-    accumulator = sc.accumulator([], ListAccumulator())
-    jobs = spark.createDataFrame(sc.parallelize(payloads, len(payloads)), "unit string")
-    filters = jobs.mapInArrow(_make_task(db.path, accumulator, options.thresholds), FILTERS)
+    payloads = [_unit_payload(unit, by_id) for unit in units]
 
     predicate = id_predicate("model_id", by_id)
-    sc.setJobDescription(f"filterspark: import {len(todo)} models from {db.path}")
+    set_job_description(spark, f"filterspark: import {len(todo)} models from {db.path}")
     write_started = time.perf_counter()
     with _unsorted_partition_writes(spark):
-        replace_rows(filters, paths["filters"], predicate, "write filters")
+        unit_results = stream_filters(spark, payloads, _import_task(db.path, options.thresholds), tables["filters"], predicate)
     report.write_seconds = time.perf_counter() - write_started
 
     # A retried task re-sends its results: keep one per layer.
     results: dict[tuple[int, int], dict] = {}
-    for r in accumulator.value:
+    for r in (r for unit in unit_results for r in unit):
         results[(r["model_id"], r["layer_index"])] = r
     missing = [l for m in todo for l in m.layers if (l.model_id, l.layer_index) not in results]
     if missing:
@@ -274,15 +279,14 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
     if wrong:
         raise RuntimeError(f"{len(wrong)} layers read a different number of rows than planned, e.g. {wrong[0].filter_ids}")
 
-    sc.setJobDescription("filterspark: write layers and models")
+    set_job_description(spark, "filterspark: write layers and models")
     layer_rows, model_rows = [], []
     for m in todo:
         mine = [results[(l.model_id, l.layer_index)] for l in m.layers]
         layer_rows += [_layer_row(l, db.filters.dtype, r["quality"]) for l, r in zip(m.layers, mine)]
         model_rows.append(_model_row(db, m, mine, fps[m.model_id], options.thresholds))
-    replace_rows(rows_frame(spark, layer_rows, LAYERS), paths["layers"], predicate, "write layers")
-    upsert_rows(spark, rows_frame(spark, model_rows, MODELS), paths["models"], ["model_id"], "write models")
-    register_tables(spark, options.warehouse, options.database)
+    commit_layers_and_models(spark, tables["layers"], tables["models"], layer_rows, model_rows, list(by_id), direct=False)
+    register_tables(spark, options.tables)
 
     report.imported = len(todo)
     report.layers = len(layer_rows)

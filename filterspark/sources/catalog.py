@@ -9,21 +9,31 @@ analysis dimension.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from filterspark.delta.schemas import KNOWN_METADATA
+from filterspark.errors import CatalogError
+
 
 REQUIRED_COLUMNS = ("name", "path")
 CONTROL_COLUMNS = ("format", "allow_pickle")
 _TRUE = {"1", "true", "yes", "y", "on"}
 
 
-class CatalogError(ValueError):
-    """The catalog file cannot be used; the message says what to fix."""
+#: Catalog metadata columns promoted to top-level columns of ``models``.
+KNOWN_METADATA = (
+    "task",
+    "visual_category",
+    "training_dataset",
+    "pretraining_dataset",
+    "architecture",
+    "family",
+    "paper",
+    "source",
+)
 
 
 @dataclass(frozen=True)

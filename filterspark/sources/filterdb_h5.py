@@ -24,17 +24,18 @@ The published format, as documented by its authors:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import hashlib
 import io
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
+from filterspark.errors import FilterDBFormatError
 from filterspark.sources.catalog import model_id_for
 
 FILTERS_KEY = "filters"
@@ -66,10 +67,6 @@ ORIGINAL_TASK_KEY = "filterdb_task"
 
 _KERNEL_COLUMN = re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*filters$")
 _UNNAMED = re.compile(r"^Unnamed: \d+$")
-
-
-class FilterDBFormatError(ValueError):
-    """The file is not in the published CNN Filter DB format; the message says why."""
 
 
 # --------------------------------------------------------------------------- data model

@@ -16,7 +16,9 @@ import time
 
 from pyspark.sql import functions as F
 
-from filterspark.engine.session import build_session, table_path
+from filterspark.engine.session import build_session
+
+from filterspark.delta.warehouse import table_path
 
 
 def main(warehouse: str, expected: int, seconds: float) -> None:

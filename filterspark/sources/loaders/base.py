@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from filterspark.errors import LoadError
 
-class LoadError(Exception):
-    """A checkpoint cannot be loaded; ``str(err)`` is a one-line reason for the user."""
+__all__ = ["ConvLayer", "LoadedModel", "LoadError"]
 
 
 @dataclass

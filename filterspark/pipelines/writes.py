@@ -1,0 +1,131 @@
+"""The writes extraction and the dataset.h5 import share: which models changed, the filter
+rows streamed through Spark with each task's small results beside them, and the
+``layers``/``models`` rows that commit a set of models.
+
+Delta has no multi-table transactions, so ``filters`` and ``layers`` are written first and
+``models`` last: a ``models`` row is the commit record of a model.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Any, Callable, Iterable, Iterator
+import uuid
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from filterspark.delta import jvm
+from filterspark.delta.schemas import FILTERS, LAYERS, MODELS, arrow_schema
+from filterspark.delta.tables import id_predicate, replace_rows, rows_frame, table_detail, upsert_rows, with_conflict_retry
+from filterspark.delta.warehouse import TableRef
+
+#: The extra column of a streamed filters write: rows that carry one pickled task result
+#: (all filter columns null), collected by an ``Observation`` and kept out of the table.
+RESULT_COLUMN = "_result"
+
+#: What a streaming task yields: filter rows (Arrow batches in ``FILTERS``' schema) and,
+#: in between, any picklable result object for the driver.
+TaskOutput = Iterator[Any]
+
+
+def existing_fingerprints(spark: SparkSession, models: TableRef, ids: list[int]) -> dict[int, str]:
+    """The stored fingerprint of each of the models ``ids`` that ``models`` has."""
+    if table_detail(spark, models).get("numFiles") == 0:
+        return {}  # a new warehouse: no query (a Spark job) needed
+    df = models.read(spark).where(id_predicate("model_id", ids))
+    return {r.model_id: r.fingerprint for r in df.select("model_id", "fingerprint").collect()}
+
+
+def _streamed_schema():
+    from pyspark.sql.types import BinaryType, StructField, StructType
+
+    fields = [StructField(f.name, f.dataType, True) for f in FILTERS.fields]
+    return StructType([*fields, StructField(RESULT_COLUMN, BinaryType(), True)])
+
+
+def _streaming_function(payloads: list[str], task: Callable[[Iterable[str]], TaskOutput]):
+    """The ``mapInArrow`` function: ``range`` ids → ``task`` over those payloads, its Arrow
+    batches widened by a null result column, its results as one-row batches."""
+
+    def run(batches):
+        import pyarrow as pa
+
+        schema = arrow_schema(_streamed_schema())
+        mine = (payloads[i] for batch in batches for i in batch.column(0).to_pylist())
+        for item in task(mine):
+            if isinstance(item, pa.RecordBatch):
+                arrays = [item.column(name) for name in item.schema.names]
+                yield pa.RecordBatch.from_arrays([*arrays, pa.nulls(item.num_rows, pa.binary())], schema=schema)
+            else:
+                row = {name: [None] for name in schema.names}
+                row[RESULT_COLUMN] = [pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)]
+                yield pa.RecordBatch.from_pydict(row, schema=schema)
+
+    return run
+
+
+def stream_filters(
+    spark: SparkSession,
+    payloads: list[str],
+    task: Callable[[Iterable[str]], TaskOutput],
+    filters: TableRef,
+    predicate: str,
+    profile=None,
+) -> list[Any]:
+    """Run ``task`` on one Spark task per payload and write the filter rows it yields into
+    ``filters`` as one Delta ``replaceWhere predicate`` commit; return the other objects it
+    yielded. They ride along as extra rows that an ``Observation`` collects while the
+    write runs, so one pass does both, with the DataFrame API only (classic or Connect)."""
+    from pyspark.sql import Observation
+
+    if not payloads:
+        return []
+    jobs = spark.range(0, len(payloads), 1, len(payloads))
+    function = _streaming_function(payloads, task)
+    schema = _streamed_schema()
+    out = jobs.mapInArrow(function, schema, profile=profile) if profile else jobs.mapInArrow(function, schema)
+    observation = Observation(f"filterspark_{uuid.uuid4().hex[:8]}")
+    out = out.observe(observation, F.collect_list(RESULT_COLUMN).alias("results"))
+    rows = out.where(F.col(RESULT_COLUMN).isNull()).select(*[F.col(f.name) for f in FILTERS.fields])
+    replace_rows(rows, filters, predicate, "write filters")
+    return [pickle.loads(blob) for blob in observation.get["results"]]
+
+
+def _replace_model_rows(
+    spark: SparkSession, table: TableRef, rows: list[dict], schema, ids: list[int], direct: bool, spark_write
+) -> None:
+    """Replace the rows of models ``ids`` in the small ``table`` by ``rows``: on the driver
+    with pyarrow and one Delta commit where possible (``direct``), else ``spark_write()``."""
+    if direct:
+        import pyarrow as pa
+
+        data = pa.Table.from_pylist([{k: r.get(k) for k in schema.fieldNames()} for r in rows], schema=arrow_schema(schema))
+        tag = uuid.uuid4().hex[:16]
+        if with_conflict_retry(lambda: jvm.rewrite_rows(spark, table, "model_id", ids, data, tag), f"write {table.name}") is not None:
+            return
+    spark_write()
+
+
+def commit_layers_and_models(
+    spark: SparkSession, layers: TableRef, models: TableRef, layer_rows: list[dict], model_rows: list[dict],
+    ids: list[int], direct: bool, phase: Callable[[str, str | None], None] | None = None,
+) -> None:
+    """Replace the ``layers`` rows of models ``ids``, then write their ``models`` rows (the
+    commit record, always last). ``direct``: rewrite the tables' few small files on the
+    driver with one commit each (classic sessions, local files), else through Spark."""
+    predicate = id_predicate("model_id", ids)
+    _replace_model_rows(
+        spark, layers, layer_rows, LAYERS, ids, direct,
+        lambda: replace_rows(rows_frame(spark, layer_rows, LAYERS), layers, predicate, "write layers"),
+    )
+    if phase:
+        phase("layers", "write models")
+    commit_models(spark, models, model_rows, ids, direct)
+
+
+def commit_models(spark: SparkSession, models: TableRef, model_rows: list[dict], ids: list[int], direct: bool) -> None:
+    """Write the ``models`` rows of models ``ids``: their commit record, always the last write."""
+    _replace_model_rows(
+        spark, models, model_rows, MODELS, ids, direct,
+        lambda: upsert_rows(spark, rows_frame(spark, model_rows, MODELS), models, ["model_id"], "write models"),
+    )
