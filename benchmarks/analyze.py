@@ -131,7 +131,7 @@ def in_memory(parquet: str):
     np.divide(x, peak, out=x, where=peak > 0)
     pca = PCA(n_components=9).fit(x)
     comps = pca.components_.copy()
-    # DESIGN.md's deterministic sign (largest |entry| positive), so both sides bin the same values
+    # docs/definitions.md's deterministic sign (largest |entry| positive), so both sides bin the same values
     idx = np.argmax(np.abs(comps), axis=1)
     comps *= np.where(comps[np.arange(9), idx] < 0, -1.0, 1.0)[:, None]
     evr = pca.explained_variance_ratio_

@@ -20,7 +20,7 @@ dbutils.widgets.text("zoo_dir", "demo_zoo", "Where the demo zoo is built")
 
 # COMMAND ----------
 
-from filterspark.engine.session import build_session
+from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")

@@ -16,7 +16,7 @@ dbutils.widgets.text("where", "", "Scope: SQL predicate over filter and model co
 
 # COMMAND ----------
 
-from filterspark.engine.session import build_session
+from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")

@@ -14,7 +14,7 @@ dbutils.widgets.text("group_by", "health", "Model groups: health, a models colum
 
 # COMMAND ----------
 
-from filterspark.engine.session import build_session
+from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")

@@ -15,7 +15,7 @@ dbutils.widgets.text("dimension", "visual_category", "Dimension of the heatmap")
 
 # COMMAND ----------
 
-from filterspark.engine.session import build_session
+from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")

@@ -17,7 +17,7 @@ dbutils.widgets.text("report_out", "", "Also write the HTML report to this local
 
 # COMMAND ----------
 
-from filterspark.engine.session import build_session
+from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")

@@ -239,3 +239,63 @@ def executor_pids(app_id: str) -> dict[str, int]:
         if "org.apache.spark.executor.CoarseGrainedExecutorBackend" in words and app_id in words:
             pids[words[words.index("--executor-id") + 1]] = int(entry.name)
     return pids
+
+
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+class ConnectServer:
+    """A Spark Connect server (pip's pyspark ships it) on 127.0.0.1, started through
+    spark-submit with Delta's package, as its own Spark application on ``master``."""
+
+    def __init__(self, root: Path, master: str = "local[2]", conf: dict[str, str] | None = None,
+                 properties_file: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.master = master
+        self.conf = dict(conf or {})
+        self.properties_file = properties_file
+        self.env = env
+        self.port = free_port()
+        self.url = f"sc://127.0.0.1:{self.port}"
+        self.procs = ProcGroup()
+        self.proc: Proc | None = None
+        self.started_in = 0.0
+
+    def start(self, timeout: float = 300) -> "ConnectServer":
+        from filterspark.engine.session import DELTA_SETTINGS
+
+        t0 = time.monotonic()
+        conf = {
+            **DELTA_SETTINGS,
+            "spark.driver.memory": "1g",
+            "spark.connect.grpc.binding.address": "127.0.0.1",
+            "spark.connect.grpc.binding.port": str(self.port),
+            **self.conf,
+        }
+        cmd = submit_cmd(self.master, "spark-internal", [], conf, self.properties_file)
+        cmd[1:1] = ["--class", CONNECT_SERVER_CLASS]
+        env = self.env or spark_env(self.root / "spark-conf")
+        self.proc = self.procs.start("connect-server", cmd, self.root / "connect-server.log", env)
+        wait_for(self._listening, timeout, f"the Spark Connect server on port {self.port}")
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc.popen.poll() is not None:
+            raise RuntimeError(f"the Connect server exited with {self.proc.popen.returncode}:\n{self.proc.text()[-3000:]}")
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+
+
+def run_cli(args: list[str], timeout: float = 600, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``filterspark ARGS`` as its own process (output and errors together), as a user runs it."""
+    run_env = dict(env or os.environ)
+    run_env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    run_env["PYTHONUNBUFFERED"] = "1"
+    done = subprocess.run([sys.executable, "-m", "filterspark.cli", *args], cwd=REPO, env=run_env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, text=True)
+    return done.returncode, done.stdout

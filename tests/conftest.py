@@ -76,3 +76,20 @@ def analyzed_warehouse(spark, demo_warehouse, tmp_path_factory):
     register_tables(spark, warehouse)
     report = run_analysis(spark, AnalyzeOptions(warehouse=warehouse))
     return {**demo_warehouse, "warehouse": warehouse, "analysis": report}
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """One Spark Connect server (local[2], Delta, the test settings) for the whole run; the
+    Connect tests drive it from separate client processes (``filterspark ... --remote``),
+    as users do, since a Connect client switches pyspark in its process to Connect mode."""
+    from clusters import ConnectServer
+
+    root = tmp_path_factory.mktemp("connect")
+    server = ConnectServer(root, "local[2]", {**TEST_SPARK_CONF, "spark.sql.warehouse.dir": str(root / "spark-warehouse")})
+    try:
+        server.start()
+        print(f"\n[timing] Spark Connect server listening after {server.started_in:.1f} s")
+        yield server
+    finally:
+        server.stop()

@@ -1,6 +1,6 @@
 """Independent numpy implementation of the published layer-quality formulas (test helper).
 
-Written from the definitions in DESIGN.md, not from filterspark.kernels.quality: a full SVD of the
+Written from docs/definitions.md, not from filterspark.kernels.quality: a full SVD of the
 centred n x 9 matrix instead of the 9x9 Gram eigen-solve, numpy instead of torch.
 """
 

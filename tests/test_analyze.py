@@ -1,6 +1,6 @@
 """The analysis job (jobs/analyze.py) against an in-memory numpy/scipy/sklearn reference.
 
-The reference below is written from the published definitions only (DESIGN.md): scaled
+The reference below is written from the published definitions only (docs/definitions.md): scaled
 filters, sklearn PCA with the sign rule, ``np.histogram(density=True)`` + float32-eps +
 renormalisation, ``scipy.stats.entropy`` for KL. It shares no code with the job.
 """
@@ -32,7 +32,7 @@ DEPTH_LABELS = ["[0.0,0.1]"] + [f"({k / 10:.1f},{(k + 1) / 10:.1f}]" for k in ra
 # --- the reference ----------------------------------------------------------------------------
 
 
-def _label(value) -> str:
+def group_label(value) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)) or str(value) == "":
         return NONE
     return str(value)
@@ -81,8 +81,8 @@ class Reference:
         if dim == "depth_decile":
             return np.array([_depth_label(x) for x in self.pdf["conv_depth_norm"]], dtype=object)
         if dim in self.pdf.columns:
-            return np.array([_label(v) for v in self.pdf[dim]], dtype=object)
-        return np.array([_label((m or {}).get(dim)) for m in self.pdf["metadata"]], dtype=object)
+            return np.array([group_label(v) for v in self.pdf[dim]], dtype=object)
+        return np.array([group_label((m or {}).get(dim)) for m in self.pdf["metadata"]], dtype=object)
 
     def mask(self, dim: str, group: str) -> np.ndarray:
         return self.labels[dim] == group

@@ -25,13 +25,16 @@ import torch
 from filterspark.engine import resources as devices
 from filterspark.engine.resources import max_model_bytes, parse_size, plan_gpus, task_device
 
+from compare import assert_same_tables, comparable
 from clusters import (
     REPO,
+    ConnectServer,
     ProcGroup,
     StandaloneCluster,
     executor_pids,
     free_port,
     http_json,
+    run_cli,
     spark_env,
     submit_cmd,
     wait_for,
@@ -303,38 +306,6 @@ def test_real_gpu_extraction_equals_cpu(assigned, tmp_path):
 
 # --- real clusters ----------------------------------------------------------------------------------------
 
-VOLATILE = {"models": ["device", "device_note", "extracted_at", "extraction_seconds"], "layers": [], "filters": []}
-
-
-def comparable(spark, warehouse: str, table: str, model_ids: list[int] | None = None):
-    """A table with map columns made comparable (sorted entries) and run-specific columns dropped."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import MapType
-
-    df = spark.read.format("delta").load(f"{warehouse}/filterdb.db/{table}").drop(*VOLATILE[table])
-    if model_ids is not None:
-        df = df.where(F.col("model_id").isin(model_ids))
-    for f in df.schema.fields:
-        if isinstance(f.dataType, MapType):
-            df = df.withColumn(f.name, F.array_sort(F.map_entries(F.col(f.name))))
-    return df
-
-
-def assert_same_tables(spark, expected_wh: str, actual_wh: str, model_ids: list[int] | None = None) -> dict[str, int]:
-    """Row-for-row equality (duplicates count) of the three extraction tables (optionally
-    of the expected warehouse's rows of ``model_ids`` only)."""
-    counts = {}
-    for table in ("models", "layers", "filters"):
-        a, b = comparable(spark, expected_wh, table, model_ids), comparable(spark, actual_wh, table)
-        na, nb = a.count(), b.count()
-        assert na == nb, f"{table}: {nb} rows, expected {na}"
-        assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, f"{table} differs"
-        counts[table] = nb
-    keys = spark.read.format("delta").load(f"{actual_wh}/filterdb.db/filters")
-    assert keys.select("model_id", "layer_index", "filter_index").distinct().count() == counts["filters"]
-    return counts
-
-
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     """Master + 2 workers (2 cores each); the workers find GPUs 0,1 and 2,3 through
@@ -381,8 +352,7 @@ def test_gpu_cluster_tables_equal_local_and_devices_recorded(spark, standalone, 
     """conf/gpu-cluster.conf on a standalone cluster with fake GPUs: each executor has
     GPUs {0,1} or {2,3}; the extraction stage's tasks ask one each (stage-level)."""
     warehouse = str(tmp_path / "wh")
-    conf = {**CLUSTER_APP_CONF, "spark.executor.cores": "2", "spark.executor.resource.gpu.amount": "2",
-            "spark.executor.resource.gpu.discoveryScript": str(CONF / "getGpusResources.sh")}
+    conf = GPU_APP_CONF
     procs = ProcGroup()
     try:
         t0 = time.monotonic()
@@ -400,14 +370,43 @@ def test_gpu_cluster_tables_equal_local_and_devices_recorded(spark, standalone, 
     assert "GPU scheduling: stage" in out
     assert_same_tables(spark, demo_warehouse["warehouse"], warehouse)
 
+    _assert_one_gpu_per_task(warehouse, spark)
+    executor_logs = "".join(p.read_text(errors="replace") for p in standalone.root.glob("worker*/app-*/*/stderr"))
+    assert "but CUDA is not available in this executor; ran on the CPU" in executor_logs
+
+
+GPU_APP_CONF = {**CLUSTER_APP_CONF, "spark.executor.cores": "2", "spark.executor.resource.gpu.amount": "2",
+                "spark.executor.resource.gpu.discoveryScript": str(CONF / "getGpusResources.sh")}
+
+
+def _assert_one_gpu_per_task(warehouse: str, spark) -> None:
     models = spark.read.format("delta").load(f"{warehouse}/filterdb.db/models").collect()
     assert {m.device for m in models} == {"cpu"}
     notes = [re.match(r"Spark assigned GPU (\d) on \S+ but CUDA is not available", m.device_note or "") for m in models]
     assert all(notes), [m.device_note for m in models]
     # first wave: two tasks per executor at once, each with its own GPU
     assert {n.group(1) for n in notes} == {"0", "1", "2", "3"}
-    executor_logs = "".join(p.read_text(errors="replace") for p in standalone.root.glob("worker*/app-*/*/stderr"))
-    assert "but CUDA is not available in this executor; ran on the CPU" in executor_logs
+
+
+@pytest.mark.cluster
+def test_gpu_request_over_connect_builds_the_same_profile(spark, standalone, demo_warehouse, tmp_path):
+    """A Spark Connect server running on the GPU standalone cluster: a Connect client's
+    extraction asks one GPU per task through the same task-level ResourceProfile as a
+    classic driver (``mapInArrow(profile=...)``), and every task gets its own address."""
+    warehouse = str(tmp_path / "wh")
+    server = ConnectServer(tmp_path / "connect", standalone.url, GPU_APP_CONF, CONF / "gpu-cluster.conf",
+                           env=spark_env(tmp_path / "conf"))
+    try:
+        server.start()
+        _timing("Connect server on the standalone cluster ready", server.started_in)
+        rc, out = run_cli(["extract", "--catalog", str(demo_warehouse["catalog"]), "--warehouse", warehouse,
+                           "--remote", server.url], timeout=APP_TIMEOUT)
+    finally:
+        server.stop()
+    assert rc == 0, out[-5000:]
+    assert "GPU scheduling: stage" in out and "1 GPU per extraction task" in out
+    assert_same_tables(spark, demo_warehouse["warehouse"], warehouse)
+    _assert_one_gpu_per_task(warehouse, spark)
 
 
 @pytest.mark.cluster

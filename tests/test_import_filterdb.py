@@ -423,7 +423,7 @@ def test_shifts_on_imported_rows_match_numpy_on_the_file(spark, imported):
 # Runs the real analysis job (issue 4) on the imported warehouse through its CLI entry, the
 # same function ``spark-submit jobs/analyze.py`` calls. Skipped while no ``analyze`` command
 # exists; once it does, this test must pass (adapt the table/column names if its contract
-# differs from DESIGN.md: ``pca_basis`` with the explained-variance ratios, ``shifts`` with
+# differs from docs/definitions.md: ``pca_basis`` with the explained-variance ratios, ``shifts`` with
 # dimension, group_a, group_b, shift).
 
 

@@ -52,6 +52,15 @@ def unavailable_reason(spark: SparkSession) -> str | None:
     return _REASONS[key]
 
 
+def spark_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a failed Spark call raises: pyspark's own (Connect, and classic
+    errors pyspark converts), and Py4J's for classic JVM errors it does not convert."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    return (PySparkException, Py4JJavaError)
+
+
 def _class_exists(spark: SparkSession, name: str) -> bool:
     from py4j.protocol import Py4JJavaError
 

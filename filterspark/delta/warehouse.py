@@ -162,7 +162,8 @@ def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database:
     Path mode registers each Delta table under ``<warehouse>/<database>.db`` as the
     external table ``database.table`` (re-pointing names another warehouse registered,
     dropping names whose tables this warehouse lacks; their data is never touched).
-    Catalog mode only (re)defines the views: managed tables are named already.
+    Catalog mode makes the catalog the session's current one and only (re)defines the
+    views: managed tables are named already.
     """
     from filterspark.delta import jvm
     from filterspark.delta.files import local_path
@@ -170,6 +171,10 @@ def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database:
 
     wh = as_warehouse(warehouse, database)
     if wh.managed:
+        # The catalog becomes the session's current one (USE CATALOG), so that the
+        # two-part names users and the reports write (filterdb.models) mean its tables.
+        if spark.catalog.currentCatalog() != wh.catalog:
+            spark.catalog.setCurrentCatalog(wh.catalog)
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {wh.schema_sql}")
         names = _managed_tables(spark, wh)
         _register_views(spark, wh, names)

@@ -5,7 +5,7 @@ Pure torch, no Spark. Every function takes a raw (unscaled) conv weight ``W`` of
 ``W.reshape(n, kh*kw)``. All math runs in float64 on the weight's own device (CPU, CUDA),
 whatever the input dtype (float16/bfloat16/float32/float64 are all exact in float64).
 
-Definitions (see DESIGN.md, "Definitions"):
+Definitions (docs/definitions.md, "Filter quality"):
 
 * **Sparsity**: share of filters whose every ``|w| < threshold * max|W|``.
 * **Variance entropy** ``H``: with ``s`` the singular values of the column-centred

@@ -190,7 +190,7 @@ class Display:
     def __call__(self, obj: Any = None, *args, **kwargs) -> None:
         from matplotlib.figure import Figure
 
-        from filterspark.cli import format_rows
+        from filterspark.outputs.formatting import format_rows
 
         if hasattr(obj, "sparkSession") and hasattr(obj, "columns"):  # a Spark DataFrame
             rows = obj.limit(DISPLAY_ROWS + 1).collect()
@@ -281,20 +281,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("notebook", help="path of the notebook (.py, Databricks source format)")
     run_parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="widget 'warehouse' (default: ./warehouse)")
     run_parser.add_argument("--database", default=DEFAULT_DATABASE, help="widget 'database' (default: filterdb)")
+    run_parser.add_argument("--catalog-name", default=None, help="widget 'catalog_name': catalog mode (tables managed "
+                            "as CATALOG.DATABASE.TABLE)")
+    run_parser.add_argument("--remote", default=None, help="Spark Connect URL (sc://host:port) the notebook's "
+                            "session connects to (default: $SPARK_REMOTE, else a local driver)")
     run_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any other widget value")
     run_parser.add_argument("--out", help="save displayed figures as PNG here")
 
 
 def run(args: argparse.Namespace) -> int:
+    """``filterspark notebook run``: the notebook on a session of the given warehouse (and remote)."""
+    from filterspark.engine.session import build_session
+
     params = {"warehouse": args.warehouse, "database": args.database}
+    if args.catalog_name:
+        params["catalog_name"] = args.catalog_name
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep:
             print(f"error: --param {item!r} is not NAME=VALUE", file=sys.stderr)
             return 2
         params[name.strip()] = value
+    spark = build_session(app_name=f"filterspark-notebook-{Path(args.notebook).stem}", warehouse=args.warehouse,
+                          database=args.database, remote=args.remote, catalog=args.catalog_name)
     try:
-        result = run_notebook(args.notebook, params=params, out_dir=args.out)
+        result = run_notebook(args.notebook, spark, params=params, out_dir=args.out)
     except (NotebookError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

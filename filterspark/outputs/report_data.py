@@ -181,7 +181,7 @@ def model_groups(spark, database: str, group_bys: Sequence[str]) -> pd.DataFrame
     ``metadata``; labels as the analysis job makes them (NULL and '' are ``(none)``)."""
     from pyspark.sql import functions as F
 
-    from filterspark.pipelines.analyze import _label
+    from filterspark.pipelines.analyze import group_label
 
     models = spark.table(f"{database}.models").where("status = 'ok'")
     unknown = [g for g in group_bys if g != HEALTH and g not in models.columns]
@@ -196,9 +196,9 @@ def model_groups(spark, database: str, group_bys: Sequence[str]) -> pd.DataFrame
         if g == HEALTH:
             label = F.when(F.col("share_degenerate") > 0, "degenerated").otherwise("healthy")
         elif g in models.columns:
-            label = _label(F.col(g))
+            label = group_label(F.col(g))
         else:
-            label = _label(F.col("metadata").getItem(g))
+            label = group_label(F.col("metadata").getItem(g))
         labels.append(label.alias(g))
     return models.select("model_id", "name", *labels).toPandas()
 
@@ -207,11 +207,11 @@ def layer_rows(spark, database: str) -> pd.DataFrame:
     """Quality columns of every 3x3 layer (``model_id``, ``layer_index``, ``layer_name``,
     ``conv_depth_norm``, its ``depth_decile`` as the analysis job labels it, ``n_filters``,
     the metrics and flags): one query; join :func:`model_groups` for the ok models."""
-    from filterspark.pipelines.analyze import _depth_decile
+    from filterspark.pipelines.analyze import depth_decile
 
     layers = spark.table(f"{database}.layers").where("kernel_h = 3 AND kernel_w = 3")
     return layers.select(
-        "model_id", "layer_index", "layer_name", "conv_depth_norm", _depth_decile().alias("depth_decile"), "n_filters",
+        "model_id", "layer_index", "layer_name", "conv_depth_norm", depth_decile().alias("depth_decile"), "n_filters",
         "sparsity", "variance_entropy", "variance_entropy_norm", "variance_entropy_clean_norm",
         "degenerate_random", "degenerate_sparse", "degenerate_low_variety",
     ).toPandas()

@@ -133,14 +133,15 @@ class AnalyzeReport:
 # --- input ---------------------------------------------------------------------------------
 
 
-def _depth_decile(column: str = "conv_depth_norm") -> Column:
+def depth_decile(column: str = "conv_depth_norm") -> Column:
+    """The depth group of a layer: the decile of ``column`` ([0.0,0.1], (0.1,0.2], ...), NULL/NaN → ``(none)``."""
     expr = F.when(F.col(column).isNull() | F.isnan(column), F.lit(co.NONE_LABEL))
     for edge, label in zip(co.DEPTH_EDGES, co.DEPTH_DECILES):
         expr = expr.when(F.col(column) <= F.lit(float(edge)), F.lit(label))
     return expr.otherwise(F.lit(co.DEPTH_DECILES[-1]))
 
 
-def _label(value: Column) -> Column:
+def group_label(value: Column) -> Column:
     """A group label: the value as a string, NULL and '' → ``(none)``."""
     text = value.cast("string")
     return F.when(text.isNull() | (text == ""), F.lit(co.NONE_LABEL)).otherwise(text)
@@ -169,9 +170,9 @@ def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[st
         if dim == DEPTH_DIMENSION:
             out[dim] = F.col(DEPTH_DIMENSION)
         elif dim in columns:
-            out[dim] = _label(F.col(dim))
+            out[dim] = group_label(F.col(dim))
         elif dim in keys:
-            out[dim] = _label(F.col("metadata").getItem(dim))
+            out[dim] = group_label(F.col("metadata").getItem(dim))
         else:
             raise AnalyzeError(
                 f"unknown dimension '{dim}': use depth_decile, a column of models "
@@ -191,7 +192,7 @@ def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFr
     filters = tables["filters"].read(spark).select(
         "model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, "conv_depth", "conv_depth_norm"
     )
-    joined = filters.join(F.broadcast(models), "model_id").withColumn(DEPTH_DIMENSION, _depth_decile())
+    joined = filters.join(F.broadcast(models), "model_id").withColumn(DEPTH_DIMENSION, depth_decile())
     peak = F.greatest(*[F.abs(F.col(c).cast("double")) for c in WEIGHT_COLUMNS])
     joined = joined.where(~F.isnan(peak) & (peak < F.lit(float("inf"))))
     if options.where and options.where.strip():

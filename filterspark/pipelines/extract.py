@@ -191,16 +191,13 @@ def _gpu_scheduling(spark: SparkSession, conf: dict[str, str], requested: float 
 def _profile_refusal(spark: SparkSession, profile) -> str | None:
     """None when Spark schedules a stage with ``profile``, else its refusal (one line).
     Spark refuses a profile when the stage is planned, so an empty stage is enough."""
-    from py4j.protocol import Py4JJavaError
-    from pyspark.errors import PySparkException
-
     def nothing(batches):
         return iter(())
 
     try:
         spark.range(0, 0, 1, 1).mapInArrow(nothing, "id long", profile=profile).collect()
         return None
-    except (PySparkException, Py4JJavaError) as err:
+    except jvm.spark_errors() as err:
         text = str(err)
         if "esource" not in text:  # not a refusal of the profile: a real failure
             raise

@@ -53,7 +53,7 @@ def checksum_or_error(path: str) -> dict:
 
 
 def conv_depths(layers: list[ConvLayer]) -> list[tuple[int, float]]:
-    """(conv_depth, conv_depth_norm) per layer from the loaders' levels (DESIGN.md: Depth)."""
+    """(conv_depth, conv_depth_norm) per layer from the loaders' levels (docs/definitions.md: Depth)."""
     levels = sorted({layer.level for layer in layers})
     rank = {level: i for i, level in enumerate(levels)}
     span = max(len(levels) - 1, 1)
