@@ -71,8 +71,8 @@ def test_sql_quality_and_report_over_connect(spark, analyzed_warehouse, connect_
         assert _result_table(text) in classic
     out = connect(connect_server, "report", "--warehouse", wh, "--out", str(tmp_path / "report"))
     html = (tmp_path / "report" / "index.html").read_text()
-    pngs = list((tmp_path / "report").glob("*.png"))
-    assert len(pngs) >= 20 and all(f'src="{p.name}"' in html for p in pngs), out[-2000:]
+    pngs = list((tmp_path / "report" / "figures").glob("*.png"))
+    assert len(pngs) >= 20 and all(f'src="figures/{p.name}"' in html for p in pngs), out[-2000:]
     assert "digits-cnn" in html
 
 
