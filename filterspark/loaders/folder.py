@@ -208,3 +208,23 @@ def load_folder(path: str, device: torch.device, allow_pickle: bool = False) -> 
     meta["weights_format"] = inner.format
     return LoadedModel("huggingface", inner.layers, producer or inner.producer, inner.opset,
                        metadata={**inner.metadata, **meta}, warnings=inner.warnings)
+
+
+HF_WEIGHT_NAMES = (
+    "model.safetensors", "pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+)
+
+
+def is_model_folder(folder: str) -> bool:
+    """Whether ``folder`` is one model in the Hugging Face layout: a shard index, a
+    well-known weights file name, or a ``config.json`` next to loadable weights."""
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return False
+    if any(n.endswith((".safetensors.index.json", ".bin.index.json")) for n in names):
+        return True
+    if names & set(HF_WEIGHT_NAMES):
+        return True
+    return "config.json" in names and weights_of_folder(folder) is not None

@@ -181,10 +181,10 @@ def _fold(name: str, scopes, model, base_dir: str):
         else:
             node = hit[1]
             if node.domain not in _DEFAULT_DOMAINS or _has_subgraph(node):
-                return "unfoldable", f"computed by {node.op_type} (domain {node.domain or 'ai.onnx'})"
+                return "unfoldable", f"uses {node.op_type} (domain {node.domain or 'ai.onnx'}), which is not folded"
             nodes[id(node)] = node
             if len(nodes) > _MAX_FOLD_NODES:
-                return "unfoldable", f"computed by more than {_MAX_FOLD_NODES} nodes"
+                return "unfoldable", f"needs more than {_MAX_FOLD_NODES} nodes, which is not folded"
             stack.extend(node.input)
     if inputs:
         return "input", sorted(set(inputs))
@@ -208,14 +208,22 @@ def _fold(name: str, scopes, model, base_dir: str):
     ]
     graph = helper.make_graph(ordered, "fold", [], [helper.make_empty_tensor_value_info(name)],
                               initializer=initializers)
-    folded = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    try:
-        value = ReferenceEvaluator(folded).run(None, {})[0]
-    except MemoryError:
-        return "unfoldable", "folding it needs too much memory"
-    except Exception as e:  # noqa: BLE001 - an op the reference runtime cannot evaluate, bad attributes, ...
-        return "unfoldable", f"folding failed: {first_line(e)}"
-    return "value", np.asarray(value), stored
+    from onnx.defs import onnx_opset_version
+
+    opsets = list(model.opset_import)
+    # The reference runtime lacks some old op versions (e.g. DequantizeLinear before 19):
+    # retry at the newest opset, whose semantics include the old ones for constants.
+    newest = [helper.make_opsetid("", onnx_opset_version())] + [o for o in opsets if o.domain not in _DEFAULT_DOMAINS]
+    error = None
+    for imports in (opsets, newest):
+        folded = helper.make_model(graph, opset_imports=imports, ir_version=max(model.ir_version, 3))
+        try:
+            return "value", np.asarray(ReferenceEvaluator(folded).run(None, {})[0]), stored
+        except MemoryError:
+            return "unfoldable", "folding it needs too much memory"
+        except Exception as e:  # noqa: BLE001 - an op the reference runtime cannot evaluate, bad attributes, ...
+            error = error or e
+    return "unfoldable", f"not foldable ({first_line(error)})"
 
 
 def _check_location(location: str, base_dir: str) -> str:
@@ -367,7 +375,7 @@ class _Walk:
                     why = (f"conv {name} takes its weight from graph input "
                            f"{', '.join(repr(i) for i in folded[1])}: not in the file, no filters extracted")
                 else:
-                    why = f"conv {name}: weight {wname!r} is {folded[1]}; no filters extracted"
+                    why = f"conv {name}: weight {wname!r} is computed and {folded[1]}; no filters extracted"
                 self.warnings.append(why)
                 layer = ConvLayer(name, None, op, groups, lvl, shape=shape, missing=why)
                 self.found.append((lvl, pos, layer))

@@ -25,6 +25,8 @@ vector and buffer bounds-checked against the file.
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import torch
 
@@ -243,7 +245,7 @@ def _subgraph_layers(reader: _Reader, sub, sg: int, base_level: int, device, nam
         weights, quant = _dequantize(arr, dtype_name, q, unique)
         options = {"depth_multiplier": _depth_multiplier(op)} if code == DEPTHWISE_CONV_2D else {}
         torch_w, op_name, groups = _to_torch_layout(code, weights, _channels(sub, data_in), options)
-        tensor = torch.from_numpy(np.ascontiguousarray(torch_w)).to(device)
+        tensor = torch.from_numpy(np.array(torch_w, dtype=torch_w.dtype, copy=True, order="C")).to(device)
         layers.append(ConvLayer(unique, tensor, op_name, groups, base_level + lvl,
                                 stored_dtype=dtype_name, quantization=quant))
     return layers
@@ -281,5 +283,8 @@ def load_tflite(path: str, device: torch.device) -> LoadedModel:
         return LoadedModel("tflite", layers, producer or None, None, warnings=warnings)
     except LoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - struct.error / IndexError / ValueError on a damaged flatbuffer
+    except struct.error:
+        raise LoadError(f"corrupt tflite file: a table or vector points past the end of the file "
+                        f"({len(buf)} bytes; truncated?)") from None
+    except Exception as e:  # noqa: BLE001 - IndexError / ValueError on a damaged flatbuffer
         raise LoadError(f"corrupt tflite file: {first_line(e)}") from None
