@@ -58,8 +58,8 @@ class ScanReport:
     out: str | None = None
 
     def lines(self) -> list[str]:
-        out = [f"catalog {self.out}: {self.added} new rows" if self.out else f"{len(self.rows)} checkpoints found",
-               f"checkpoints found: {len(self.rows)}; files skipped: {sum(self.skipped.values())}"]
+        out = [f"catalog {self.out}: {self.added} rows added" if self.out else f"{len(self.rows)} checkpoints found",
+               f"checkpoints found: {len(self.rows)}; skipped (no supported checkpoint): {sum(self.skipped.values())}"]
         out += [f"  skipped {n}: {reason}" for reason, n in self.skipped.most_common()]
         return out
 
@@ -249,6 +249,7 @@ def scan_folder(directory: str | os.PathLike) -> ScanReport:
         scan.folder(directory, os.path.basename(directory))
     else:
         scan.tree(directory, None)
+    scan.report.rows.sort(key=lambda r: r["name"])
     return scan.report
 
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 
 from filterspark.catalog import CatalogEntry
+from filterspark.devices import too_large_reason
 from filterspark.extraction import checksum_or_error, extract_model
 from filterspark.loaders import LoadError, load_model, sniff_format
 from format_writers import (
@@ -243,7 +244,11 @@ def test_folder_checksum_and_size_cover_every_file(sd, tmp_path) -> None:
     (folder / "config.json").write_text("{}")
     assert checksum_or_error(str(folder))["checksum"] == first["checksum"]
     (folder / "extra.txt").write_text("x")
-    assert checksum_or_error(str(folder))["checksum"] != first["checksum"]
+    grown = checksum_or_error(str(folder))
+    assert grown["checksum"] != first["checksum"] and grown["file_size"] == total + 1
+    # --max-model-bytes counts the whole folder
+    assert too_large_reason(grown["file_size"], total, "--max-model-bytes") is not None
+    assert too_large_reason(grown["file_size"], total + 1, "--max-model-bytes") is None
 
 
 def test_diffusers_pipeline_is_one_model_per_component(sd, tmp_path) -> None:
