@@ -123,6 +123,14 @@ def test_keras3_rows_equal_file_kernels(sd, tmp_path) -> None:
     np.testing.assert_array_equal(w, expected_rows(sd))
     assert [l["layer_name"] for l in res.layers] == ["stem", "sep/depthwise", "sep/pointwise", "grouped", "up"]
     assert res.summary["producer"] == "keras 3.6.0"
+    # the same weights saved alone (save_weights → .weights.h5): no config, file order
+    alone = tmp_path / "model.weights.h5"
+    with zipfile.ZipFile(path) as zf:
+        alone.write_bytes(zf.read("model.weights.h5"))
+    res, _, w_alone = extract(alone)
+    np.testing.assert_array_equal(as_multiset(w_alone), as_multiset(kernels))
+    assert [l["layer_name"] for l in res.layers] == ["sep/depthwise", "sep/pointwise", "grouped", "stem", "up"]
+    assert [l["groups"] for l in res.layers] == [4, 1, None, None, None]
 
 
 def test_keras_kernel_layout_rule(tmp_path) -> None:
@@ -457,3 +465,41 @@ def test_bad_files_fail_alone_with_a_reason(sd, tmp_path) -> None:
         assert EXPECTED_REASON[name] in str(err.value), (name, str(err.value))
         res = extract_model(CatalogEntry(name=name, path=str(path), format=declared))
         assert res.summary["status"] == "failed" and EXPECTED_REASON[name] in res.summary["error"], name
+
+
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+def test_keras_functional_branches_share_a_level(tmp_path, style: str) -> None:
+    """input → {a, b} → add → c: a and b run in parallel (levels from inbound_nodes)."""
+    def inbound(*names):
+        if style == "keras2":
+            return [[[n, 0, 0, {}] for n in names]]
+        return [{"args": [[{"class_name": "__keras_tensor__", "config": {"keras_history": [n, 0, 0]}} for n in names]],
+                 "kwargs": {}}]
+
+    layers = [
+        {"class_name": "InputLayer", "name": "x", "config": {"name": "x"}, "inbound_nodes": []},
+        {"class_name": "Conv2D", "name": "c", "config": {"name": "c", "groups": 1}, "inbound_nodes": inbound("add")},
+        {"class_name": "Conv2D", "name": "a", "config": {"name": "a", "groups": 1}, "inbound_nodes": inbound("x")},
+        {"class_name": "Conv2D", "name": "b", "config": {"name": "b", "groups": 1}, "inbound_nodes": inbound("x")},
+        {"class_name": "Add", "name": "add", "config": {"name": "add"}, "inbound_nodes": inbound("a", "b")},
+    ]
+    layers = [layers[0], layers[2], layers[3], layers[4], layers[1]]  # config order is topological
+    config = {"class_name": "Functional", "config": {"name": "model", "layers": layers}}
+    rng = np.random.default_rng(5)
+    kernels = {n: rng.standard_normal((3, 3, 2, 2)).astype(np.float32) for n in "abc"}
+    path = tmp_path / "branches.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([b"x", b"a", b"b", b"add", b"c"])
+        for n in ("x", "a", "b", "add", "c"):
+            g = mw.create_group(n)
+            g.attrs["weight_names"] = np.array([f"{n}/kernel:0".encode()] if n in kernels else [], dtype="S10")
+            if n in kernels:
+                g.create_dataset(f"{n}/kernel:0", data=kernels[n])
+    res, idx, rows = extract(path)
+    depth = {l["layer_name"]: l["conv_depth"] for l in res.layers}
+    assert list(depth) == ["a", "b", "c"]
+    assert depth["a"] == depth["b"] == 0 and depth["c"] == 1
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(as_multiset(rows), as_multiset(h5_kernels_3x3(f)))

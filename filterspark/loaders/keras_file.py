@@ -26,7 +26,9 @@ kernel's rows and columns stay as stored: Keras ``k[:, :, i, o]`` is one filter,
 * ``Conv2DTranspose``: ``(kh, kw, out, in)`` → ``ConvTranspose`` ``(in, out, kh, kw)``;
   ``k[:, :, o, i]`` has ``filter_index = i * out + o``.
 
-Levels: layers in config (or file) order, one level each (branches are not levelled).
+Levels: the longest path from the model input in the config's layer graph (a functional
+model's ``inbound_nodes``; Sequential models are chains); without a config, file order.
+A Keras 3 ``.weights.h5`` (``save_weights``) is read like the weights of a ``.keras``.
 HDF5 datasets stored in external files or virtual datasets are refused: a weight may
 only come from the checkpoint itself.
 """
@@ -65,30 +67,70 @@ def _short_class(name: str) -> str:
     return re.split(r"[>.]", name)[-1]
 
 
-def config_layers(config) -> list[tuple[str, str, dict]]:
-    """``(name, class, config)`` of every layer of a Keras model config, nested models
-    flattened in place, in config order."""
-    out: list[tuple[str, str, dict]] = []
+def _inbound_names(entry: dict) -> set[str]:
+    """Names of the layers feeding a functional-model layer: Keras 2 ``inbound_nodes``
+    ``[[[name, node, tensor, {}], ...]]``, Keras 3 ``{"args": [{... "keras_history":
+    [name, node, tensor]}]}``."""
+    names: set[str] = set()
 
-    def walk(node) -> None:
-        if not isinstance(node, dict):
+    def walk(x, depth: int = 0) -> None:
+        if depth > 32:
             return
-        cfg = node.get("config") if isinstance(node.get("config"), dict) else {}
-        cls = _short_class(str(node.get("class_name", "")))
-        layers = cfg.get("layers")
-        if isinstance(layers, list):  # a (nested) model: its layers in order
-            for layer in layers:
-                walk(layer)
-            return
-        name = cfg.get("name") or node.get("name")
-        if name:
-            out.append((str(name), cls, cfg))
+        if isinstance(x, dict):
+            hist = x.get("keras_history")
+            if isinstance(hist, list) and hist and isinstance(hist[0], str):
+                names.add(hist[0])
+            for v in x.values():
+                walk(v, depth + 1)
+        elif isinstance(x, list):
+            if len(x) >= 3 and isinstance(x[0], str) and isinstance(x[1], int) and isinstance(x[2], int):
+                names.add(x[0])
+            else:
+                for v in x:
+                    walk(v, depth + 1)
 
-    walk(config)
+    walk(entry.get("inbound_nodes") or [])
+    return names
+
+
+def config_layers(config) -> list[tuple[str, str, dict, int]]:
+    """``(name, class, config, level)`` of every layer of a Keras model config, nested
+    models flattened in place, in config order. ``level`` is the longest path (in layers)
+    from the model input: a functional model's ``inbound_nodes`` give the graph, a
+    Sequential model (or one without them) is a chain."""
+    out: list[tuple[str, str, dict, int]] = []
+
+    def model(node: dict, base: int, depth: int) -> int:
+        layers = node["config"]["layers"]
+        functional = any(isinstance(l, dict) and l.get("inbound_nodes") for l in layers)
+        span: dict[str, tuple[int, int]] = {}
+        prev_end, end_max = base - 1, base
+        for layer in layers:
+            if not isinstance(layer, dict):
+                continue
+            cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+            name = str(cfg.get("name") or layer.get("name") or "")
+            if functional:
+                parents = [span[p][1] for p in _inbound_names(layer) if p in span]
+                start = max((e + 1 for e in parents), default=base)
+            else:
+                start = prev_end + 1
+            if isinstance(cfg.get("layers"), list) and depth < 16:
+                end = model(layer, start, depth + 1)
+            else:
+                out.append((name, _short_class(str(layer.get("class_name", ""))), cfg, start))
+                end = start
+            if name:
+                span[name] = (start, end)
+            prev_end, end_max = end, max(end_max, end)
+        return end_max
+
+    if isinstance(config, dict) and isinstance(config.get("config"), dict) and isinstance(config["config"].get("layers"), list):
+        model(config, 0, 0)
     return out
 
 
-def _parse_config(text) -> list[tuple[str, str, dict]] | None:
+def _parse_config(text) -> list[tuple[str, str, dict, int]] | None:
     if text is None:
         return None
     try:
@@ -114,13 +156,19 @@ def _float4d(arr: np.ndarray) -> bool:
 class _Builder:
     """Collects conv layers in order, applying the layout rules of the module docstring."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, levels: dict[str, int] | None = None) -> None:
         self.device = device
         self.layers: list[ConvLayer] = []
+        self.levels = levels or {}  # config level per layer name; else file order
+        self.level = 0
 
     def _add(self, name: str, w: np.ndarray, op: str, groups: int | None) -> None:
         tensor = torch.from_numpy(np.ascontiguousarray(w)).to(self.device)
-        self.layers.append(ConvLayer(name, tensor, op, groups, len(self.layers)))
+        # levels doubled: a SeparableConv2D's pointwise part runs one step after its depthwise part
+        level = self.level if self.levels else len(self.layers)
+        if name.endswith("/pointwise"):
+            level += 1
+        self.layers.append(ConvLayer(name, tensor, op, groups, level))
 
     def conv(self, name: str, k: np.ndarray, groups: int | None) -> None:
         self._add(name, k.transpose(3, 2, 0, 1), "Conv", groups)
@@ -137,6 +185,7 @@ class _Builder:
         the variable name (``kernel``, ``depthwise_kernel``, ...) or ``""`` when unknown."""
         kinds = [k for k, _ in weights]
         arrays = [a for _, a in weights]
+        self.level = 2 * self.levels.get(name, 0)
         if cls in _SEPARABLE:
             dw = arrays[kinds.index("depthwise_kernel")] if "depthwise_kernel" in kinds else arrays[0]
             pw = arrays[kinds.index("pointwise_kernel")] if "pointwise_kernel" in kinds else (
@@ -169,6 +218,19 @@ class _Builder:
             self.conv(name, k, int(groups) if isinstance(groups, int) and groups > 0 else 1)
 
 
+def _levels(config, order: list[str]) -> dict[str, int] | None:
+    """Config level per layer; layers the config lacks follow after the deepest one."""
+    if not config:
+        return None
+    levels = {n: lvl for n, _, _, lvl in config}
+    deepest = max(levels.values(), default=0)
+    for name in order:
+        if name not in levels:
+            deepest += 1
+            levels[name] = deepest
+    return levels
+
+
 def _weight_kind(weight_name: str) -> tuple[str, str]:
     """``"block/conv2d/kernel:0"`` → (``"block/conv2d"``, ``"kernel"``)."""
     base = re.sub(r":\d+$", "", weight_name)
@@ -179,9 +241,11 @@ def _weight_kind(weight_name: str) -> tuple[str, str]:
 def _load_keras2(f, device: torch.device) -> LoadedModel:
     root = f["model_weights"] if "model_weights" in f and hasattr(f["model_weights"], "attrs") else f
     if "layer_names" not in root.attrs:
+        if _v3_layer_groups(f):  # a Keras 3 ``.weights.h5`` (save_weights): layers/<name>/vars/<i>
+            return _load_keras3(f, None, device, None)
         raise LoadError("HDF5 file holds no Keras weights (no layer_names attribute): not a Keras .h5 checkpoint")
     config = _parse_config(f.attrs.get("model_config"))
-    by_name = {n: (cls, cfg) for n, cls, cfg in (config or [])}
+    by_name = {n: (cls, cfg) for n, cls, cfg, _ in (config or [])}
     # owner layer name -> list of (kind, array), in file order
     owners: dict[str, list[tuple[str, np.ndarray]]] = {}
     for lname in (_text(n) for n in root.attrs["layer_names"]):
@@ -198,8 +262,8 @@ def _load_keras2(f, device: torch.device) -> LoadedModel:
             if owner_name not in by_name and lname in by_name:
                 owner_name = lname
             owners.setdefault(owner_name, []).append((kind, _array(group[wname], f"{lname}/{wname}")))
-    order = [n for n, _, _ in (config or []) if n in owners] + [n for n in owners if n not in by_name]
-    builder = _Builder(device)
+    order = [n for n, _, _, _ in (config or []) if n in owners] + [n for n in owners if n not in by_name]
+    builder = _Builder(device, _levels(config, order))
     for name in order:
         cls, cfg = by_name.get(name, (None, {}))
         builder.layer(name, cls, cfg, owners[name])
@@ -242,9 +306,9 @@ def _load_keras3(h5, config_text, device: torch.device, version: str | None) -> 
     by_file = {}
     for name, group in groups:
         by_file.setdefault(name, group)
-    by_name = {n: (cls, cfg) for n, cls, cfg in (config or [])}
-    order = [n for n, _, _ in (config or []) if n in by_file] + [n for n, _ in groups if n not in by_name]
-    builder = _Builder(device)
+    by_name = {n: (cls, cfg) for n, cls, cfg, _ in (config or [])}
+    order = [n for n, _, _, _ in (config or []) if n in by_file] + [n for n, _ in groups if n not in by_name]
+    builder = _Builder(device, _levels(config, order))
     seen = set()
     for name in order:
         if name in seen:
@@ -257,6 +321,8 @@ def _load_keras3(h5, config_text, device: torch.device, version: str | None) -> 
             ds = variables[key]
             if hasattr(ds, "shape"):
                 weights.append(("", _array(ds, f"{name}/vars/{key}")))
+        if cls is None and sum(_float4d(a) for _, a in weights) == 2 and weights[1][1].shape[:2] == (1, 1):
+            cls = "SeparableConv2D"  # no config: a 3x3-ish kernel then a 1x1 one is only ever a separable conv
         if cls in _SEPARABLE and len(weights) >= 2:
             weights = [("depthwise_kernel", weights[0][1]), ("pointwise_kernel", weights[1][1])] + weights[2:]
         elif weights:
