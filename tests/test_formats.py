@@ -503,3 +503,38 @@ def test_keras_functional_branches_share_a_level(tmp_path, style: str) -> None:
     assert depth["a"] == depth["b"] == 0 and depth["c"] == 1
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(as_multiset(rows), as_multiset(h5_kernels_3x3(f)))
+
+
+def test_tflite_int8_filter_without_scales_is_named_not_fatal(tmp_path) -> None:
+    from format_writers import INT8
+
+    wr = TFLiteWriter()
+    x = wr.tensor("x", [1, 8, 8, 3], FLOAT32)
+    good = wr.tensor("good_filter", [2, 3, 3, 3], FLOAT32, np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3))
+    bad = wr.tensor("unscaled_filter", [2, 3, 3, 2], INT8, np.ones((2, 3, 3, 2), np.int8))
+    a, y = wr.tensor("a", [1, 8, 8, 2], FLOAT32), wr.tensor("y", [1, 8, 8, 2], FLOAT32)
+    wr.op(CONV_2D, [x, good, -1], [a])
+    wr.op(CONV_2D, [a, bad, -1], [y])
+    path = tmp_path / "unscaled.tflite"
+    path.write_bytes(wr.finish([x], [y]))
+    res, idx, rows = extract(path)
+    assert [l["n_filters"] for l in res.layers] == [6, None]
+    assert "unscaled_filter" in res.summary["error"] and "without quantization scales" in res.summary["error"]
+    np.testing.assert_array_equal(rows, np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3).transpose(0, 3, 1, 2).reshape(-1, 9))
+
+
+def test_folder_weights_are_picked_like_from_pretrained(sd, tmp_path) -> None:
+    from filterspark.loaders.folder import is_model_folder, weights_of_folder
+
+    d = tmp_path / "f"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    save_file(sd, str(d / "epoch1.safetensors"))
+    save_file(sd, str(d / "epoch2.safetensors"))
+    assert weights_of_folder(str(d)) is None and not is_model_folder(str(d))  # two unrelated files: no one model
+    torch.save(sd, d / "pytorch_model.bin")
+    assert weights_of_folder(str(d)) == ("pytorch", ["pytorch_model.bin"])
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"body.0.weight": "epoch1.safetensors"}}))
+    assert weights_of_folder(str(d)) == ("safetensors-index", ["model.safetensors.index.json"])
+    save_file(sd, str(d / "model.safetensors"))
+    assert weights_of_folder(str(d)) == ("safetensors", ["model.safetensors"])

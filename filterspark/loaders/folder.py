@@ -93,19 +93,22 @@ def weights_of_folder(folder: str) -> tuple[str, list[str]] | None:
     except OSError:
         return None
     files = [n for n in names if os.path.isfile(os.path.join(folder, n))]
+    # from_pretrained's order: single safetensors, sharded safetensors, single bin, sharded bin
+    singles = [n for n in files if n.endswith(".safetensors")]
+    preferred = [n for n in _SINGLE_PREFERRED if n in singles]
+    if preferred:
+        return "safetensors", preferred[:1]
     index = _index(files, ".safetensors.index.json")
     if index:
         return "safetensors-index", [index]
-    singles = [n for n in files if n.endswith(".safetensors")]
-    if singles:
-        preferred = [n for n in _SINGLE_PREFERRED if n in singles]
-        return "safetensors", [(preferred or sorted(singles, key=len))[0]]
-    index = _index(files, ".bin.index.json")
-    if index:
-        return "pytorch-index", [index]
+    if len(singles) == 1:  # several unrelated .safetensors files are no one model
+        return "safetensors", singles
     bins = [n for n in _BIN_PREFERRED if n in files]
     if bins:
         return "pytorch", [bins[0]]
+    index = _index(files, ".bin.index.json")
+    if index:
+        return "pytorch-index", [index]
     for rel in _OTHER:
         if os.path.isfile(os.path.join(folder, rel)):
             return "file", [rel]

@@ -49,6 +49,11 @@ def is_tflite(head: bytes) -> bool:
     return len(head) >= 8 and head[4:8] == IDENTIFIER
 
 
+class _NotReadable(LoadError):
+    """A filter this loader cannot turn into floats (sparse, int4, ...): the layer is
+    listed without filters and named in the warning, the rest of the model is read."""
+
+
 class _Reader:
     def __init__(self, buf: bytes, model) -> None:
         self.buf = buf
@@ -97,7 +102,9 @@ class _Reader:
             return None
         kind = int(tensor.Type())
         if kind not in _TYPES:
-            raise LoadError(f"tflite tensor {_name(tensor)}: unsupported tensor type {kind}")
+            raise _NotReadable(f"tensor type {kind} is not supported")
+        if tensor.Sparsity() is not None:
+            raise _NotReadable("sparse tensors are not supported")
         dtype_name, dtype = _TYPES[kind]
         shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
         if any(d < 0 for d in shape):
@@ -120,7 +127,7 @@ def _dequantize(arr: np.ndarray, dtype_name: str, q, what: str) -> tuple[np.ndar
     if arr.dtype.kind == "f":
         return arr, None
     if q is None or q.ScaleLength() == 0:
-        raise LoadError(f"tflite weight {what}: {dtype_name} without quantization scales cannot be dequantized")
+        raise _NotReadable(f"{dtype_name} without quantization scales cannot be dequantized")
     scale = q.ScaleAsNumpy().astype(np.float64)
     zero = q.ZeroPointAsNumpy().astype(np.float64) if q.ZeroPointLength() else np.zeros_like(scale)
     if zero.size == 1 and scale.size > 1:
@@ -220,7 +227,8 @@ def _subgraph_layers(reader: _Reader, sub, sg: int, base_level: int, device, nam
         data_in = ins[2] if code == TRANSPOSE_CONV and len(ins) > 2 else ins[0]
         t = ins[1]
         source = t
-        if reader.array(sub, t) is None and t in producer and reader.opcode(ops[producer[t]]) == DEQUANTIZE:
+        if reader.buffer_bytes(int(sub.Tensors(t).Buffer())) is None and t in producer \
+                and reader.opcode(ops[producer[t]]) == DEQUANTIZE:
             dq = ops[producer[t]]
             if dq.InputsLength():
                 source = int(dq.InputsAsNumpy()[0])
@@ -234,15 +242,19 @@ def _subgraph_layers(reader: _Reader, sub, sg: int, base_level: int, device, nam
             n += 1
             unique = f"{name}#{n}"
         names.add(unique)
-        found = reader.array(sub, source) if 0 <= source < n_tensors else None
-        if found is None:
+        try:
+            found = reader.array(sub, source) if 0 <= source < n_tensors else None
             why = f"tflite {_CONV_OPS[code]} {unique}: its filter is computed at run time, not stored in the file"
+            if found is not None:
+                arr, dtype_name, q = found
+                weights, quant = _dequantize(arr, dtype_name, q, unique)
+        except _NotReadable as err:
+            found, why = None, f"tflite {_CONV_OPS[code]} {unique}: its filter is not read ({err})"
+        if found is None:
             warnings.append(why)
             layers.append(ConvLayer(unique, None, "ConvTranspose" if code == TRANSPOSE_CONV else "Conv",
                                     None, base_level + lvl, missing=why))
             continue
-        arr, dtype_name, q = found
-        weights, quant = _dequantize(arr, dtype_name, q, unique)
         options = {"depth_multiplier": _depth_multiplier(op)} if code == DEPTHWISE_CONV_2D else {}
         torch_w, op_name, groups = _to_torch_layout(code, weights, _channels(sub, data_in), options)
         tensor = torch.from_numpy(np.array(torch_w, dtype=torch_w.dtype, copy=True, order="C")).to(device)
