@@ -53,7 +53,7 @@ from .tables import ensure_tables, id_predicate, replace_rows, rows_frame, upser
 log = logging.getLogger("filterspark.extract")
 
 #: Bump when extraction output for the same file changes, so old rows get recomputed.
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # 2: ONNX weights folded from constants, If/Loop bodies, graph-input convs listed
 
 
 class ListAccumulator(AccumulatorParam):
