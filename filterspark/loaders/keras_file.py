@@ -161,13 +161,12 @@ class _Builder:
         self.layers: list[ConvLayer] = []
         self.levels = levels or {}  # config level per layer name; else file order
         self.level = 0
+        self.count = 0  # layers seen, for the file-order levels
 
     def _add(self, name: str, w: np.ndarray, op: str, groups: int | None) -> None:
         tensor = torch.from_numpy(np.ascontiguousarray(w)).to(self.device)
-        # levels doubled: a SeparableConv2D's pointwise part runs one step after its depthwise part
-        level = self.level if self.levels else len(self.layers)
-        if name.endswith("/pointwise"):
-            level += 1
+        # levels are doubled: a SeparableConv2D's pointwise part runs one step after its depthwise part
+        level = self.level + 1 if name.endswith("/pointwise") else self.level
         self.layers.append(ConvLayer(name, tensor, op, groups, level))
 
     def conv(self, name: str, k: np.ndarray, groups: int | None) -> None:
@@ -185,7 +184,8 @@ class _Builder:
         the variable name (``kernel``, ``depthwise_kernel``, ...) or ``""`` when unknown."""
         kinds = [k for k, _ in weights]
         arrays = [a for _, a in weights]
-        self.level = 2 * self.levels.get(name, 0)
+        self.level = 2 * (self.levels.get(name, 0) if self.levels else self.count)
+        self.count += 1
         if cls in _SEPARABLE:
             dw = arrays[kinds.index("depthwise_kernel")] if "depthwise_kernel" in kinds else arrays[0]
             pw = arrays[kinds.index("pointwise_kernel")] if "pointwise_kernel" in kinds else (
