@@ -24,6 +24,7 @@ catalog lacks, so running it again changes nothing.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -253,6 +254,22 @@ def scan_folder(directory: str | os.PathLike) -> ScanReport:
     return scan.report
 
 
+_JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+
+
+def _read_existing(out: str, jsonl: bool) -> tuple[list[str], list[dict]]:
+    """Columns and rows of an existing catalog, values kept as written."""
+    with open(out, encoding="utf-8-sig", newline="") as f:
+        if not jsonl:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), [dict(r) for r in reader]
+        rows = [json.loads(line) for line in f if line.strip()]
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    return columns, rows
+
+
 def _catalog_path(path: str, catalog_dir: str) -> str:
     """A catalog's ``path`` value as an absolute, normalised path (as ``read_catalog`` resolves it)."""
     if "://" in path:
@@ -261,19 +278,18 @@ def _catalog_path(path: str, catalog_dir: str) -> str:
 
 
 def write_catalog(directory: str | os.PathLike, out: str | os.PathLike, append: bool = False) -> ScanReport:
-    """Scan ``directory`` and write the CSV catalog ``out``; with ``append`` keep its rows and
-    add only paths it lacks (nothing is rewritten when nothing is new)."""
+    """Scan ``directory`` and write the catalog ``out`` (CSV; JSON lines for ``.json``/
+    ``.jsonl``/``.ndjson``); with ``append`` keep its rows and add only paths it lacks
+    (nothing is rewritten when nothing is new)."""
     out = os.path.abspath(os.fspath(out))
     catalog_dir = os.path.dirname(out)
     report = scan_folder(directory)
     report.out = out
+    jsonl = out.lower().endswith(_JSON_SUFFIXES)
     columns: list[str] = []
     existing: list[dict] = []
     if append and os.path.isfile(out):
-        with open(out, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            columns = [c for c in (reader.fieldnames or [])]
-            existing = [dict(r) for r in reader]
+        columns, existing = _read_existing(out, jsonl)
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing and existing:
             raise ValueError(f"{out}: cannot append, missing column(s) {', '.join(missing)}")
@@ -294,9 +310,13 @@ def write_catalog(directory: str | os.PathLike, out: str | os.PathLike, append: 
     os.makedirs(catalog_dir, exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in existing + new:
-            writer.writerow({c: r.get(c, "") or "" for c in columns})
+        if jsonl:
+            for r in existing + new:
+                f.write(json.dumps({c: r[c] for c in columns if r.get(c) not in (None, "")}) + "\n")
+        else:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for r in existing + new:
+                writer.writerow({c: r.get(c, "") or "" for c in columns})
     os.replace(tmp, out)
     return report

@@ -135,3 +135,12 @@ def test_append_is_idempotent(tree, tmp_path) -> None:
 def test_scan_of_one_cache_repo(tree) -> None:
     report = scan_folder(tree / "hub" / "models--acme--tiny-net")
     assert [(r["name"], r["format"]) for r in report.rows] == [("acme/tiny-net", "huggingface")]
+
+
+def test_json_lines_catalog(tree, tmp_path) -> None:
+    out = tmp_path / "catalog.jsonl"
+    assert main(["catalog", str(tree / "loose"), "--out", str(out)]) == 0
+    assert {e.name for e in read_catalog(out)} == {"net.pt", "net.tflite", "other", "weights"}
+    before = out.read_bytes()
+    assert main(["catalog", str(tree / "loose"), "--out", str(out), "--append"]) == 0
+    assert out.read_bytes() == before
