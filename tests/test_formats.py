@@ -538,3 +538,31 @@ def test_folder_weights_are_picked_like_from_pretrained(sd, tmp_path) -> None:
     assert weights_of_folder(str(d)) == ("safetensors-index", ["model.safetensors.index.json"])
     save_file(sd, str(d / "model.safetensors"))
     assert weights_of_folder(str(d)) == ("safetensors", ["model.safetensors"])
+
+
+class _Marker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_pickle_in_a_model_folder_never_runs(tmp_path, sharded: bool) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    payload = pickle.dumps({"w": _Marker(str(marker))}, protocol=2)
+    if sharded:
+        (folder / "pytorch_model-00001-of-00001.bin").write_bytes(payload)
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+    else:
+        (folder / "pytorch_model.bin").write_bytes(payload)
+    with pytest.raises(LoadError, match="refused to unpickle") as err:
+        load_model(str(folder))
+    assert_one_line(err)
+    assert not marker.exists()

@@ -166,7 +166,7 @@ def folder_config(folder: str) -> tuple[dict[str, str], str | None]:
     return meta, producer
 
 
-def _sharded_layers(folder: str, shards: list[str], kind: str, device: torch.device) -> list:
+def _sharded_layers(folder: str, shards: list[str], kind: str, device: torch.device, allow_pickle: bool) -> list:
     """Conv layers of all shards, one shard in memory at a time (its other tensors are
     dropped before the next is read); safetensors keys in natural order across shards,
     pickled shards in their own order (sharding keeps the state_dict's)."""
@@ -177,7 +177,7 @@ def _sharded_layers(folder: str, shards: list[str], kind: str, device: torch.dev
     for rel in shards:
         full = _inside(folder, rel)
         try:
-            part = load_safetensors(full, device) if kind == "safetensors" else load_pytorch(full, device, False)
+            part = load_safetensors(full, device) if kind == "safetensors" else load_pytorch(full, device, allow_pickle)
         except LoadError as err:
             raise LoadError(f"shard {rel}: {err}") from None
         layers += part.layers
@@ -199,7 +199,7 @@ def load_folder(path: str, device: torch.device, allow_pickle: bool = False) -> 
     if kind in ("safetensors-index", "pytorch-index"):
         shards = _shards(path, files[0])
         base = kind.split("-")[0]
-        layers = _sharded_layers(path, shards, base, device)
+        layers = _sharded_layers(path, shards, base, device, allow_pickle)
         meta["weights"] = f"{files[0]} ({len(shards)} shards)"
         meta["weights_format"] = base
         return LoadedModel("huggingface", layers, producer, metadata=meta)
