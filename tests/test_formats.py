@@ -566,3 +566,19 @@ def test_pickle_in_a_model_folder_never_runs(tmp_path, sharded: bool) -> None:
         load_model(str(folder))
     assert_one_line(err)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["h5", "keras", "tflite"])
+def test_sniff_ignores_extension(sd, tmp_path, kind: str) -> None:
+    src = tmp_path / f"model.{kind}"
+    if kind == "h5":
+        write_keras_h5(src, sd)
+    elif kind == "keras":
+        write_keras3(src, sd)
+    else:
+        src.write_bytes(write_small_tflite(sd)[0])
+    renamed = tmp_path / "checkpoint.dat"
+    shutil.copyfile(src, renamed)
+    expected = "tflite" if kind == "tflite" else "keras"
+    assert sniff_format(str(renamed)) == load_model(str(renamed)).format == expected
+    assert sum(l.n_kernels for l in load_model(str(renamed)).layers if l.kernel_shape == (3, 3)) == N_SMALL_3X3
