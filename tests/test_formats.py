@@ -582,3 +582,13 @@ def test_sniff_ignores_extension(sd, tmp_path, kind: str) -> None:
     expected = "tflite" if kind == "tflite" else "keras"
     assert sniff_format(str(renamed)) == load_model(str(renamed)).format == expected
     assert sum(l.n_kernels for l in load_model(str(renamed)).layers if l.kernel_shape == (3, 3)) == N_SMALL_3X3
+
+
+def test_onnx_graph_input_weight_of_a_1d_conv_is_ignored(tmp_path) -> None:
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1d", kernel_shape=[3])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, None)]
+    path = tmp_path / "conv1d.onnx"
+    onnx.save_model(_conv_model(nodes, [], inputs), str(path))
+    m = load_model(str(path))
+    assert m.layers == [] and m.warnings == []

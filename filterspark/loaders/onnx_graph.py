@@ -372,6 +372,12 @@ class _Walk:
                     hits = [_lookup(i, scopes) for i in folded[1]]
                     shape = next((_static_shape(h[1]) for h in hits if h and h[0] == "input"
                                   and len(hits) == 1), None)
+                kernel = _attr(node, "kernel_shape")
+                rank = len(kernel) if kernel is not None else (len(shape) - 2 if shape else None)
+                if rank is not None and rank != 2:
+                    self.names.discard(name)
+                    return  # a 1-D or 3-D conv: not ours, with or without its weight
+                if folded[0] == "input":
                     why = (f"conv {name} takes its weight from graph input "
                            f"{', '.join(repr(i) for i in folded[1])}: not in the file, no filters extracted")
                 else:
