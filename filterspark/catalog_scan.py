@@ -192,6 +192,9 @@ class _Scan:
                 repo = _hf_repo_name(d)
                 if d in SKIP_DIRS or d.startswith("."):
                     continue
+                if d.startswith(("datasets--", "spaces--")) and os.path.isdir(os.path.join(full, "snapshots")):
+                    self.report.skipped["Hugging Face dataset or space repository (no models)"] += 1
+                    continue
                 if repo is not None and os.path.isdir(os.path.join(full, "snapshots")):
                     snapshot = _hf_snapshot(full)
                     if snapshot is not None:

@@ -47,6 +47,9 @@ def tree(tmp_path_factory):
     for name, blob in (("model.safetensors", "aaa"), ("config.json", "bbb"), ("README.md", "ccc")):
         (snap / name).symlink_to(os.path.join("..", "..", "blobs", blob))
     (root / "hub" / ".locks").mkdir()
+    data_repo = root / "hub" / "datasets--acme--pictures"
+    (data_repo / "snapshots" / "fff").mkdir(parents=True)
+    torch.save(sd, data_repo / "snapshots" / "fff" / "looks_like_a_checkpoint.pt")  # datasets are not models
     # diffusers pipeline: one model per component
     pipe = root / "pipe"
     for comp in ("unet", "vae"):
@@ -103,8 +106,8 @@ def test_catalog_from_folder(tree, tmp_path, capsys) -> None:
         assert rows[name]["format"] == fmt, name
         assert {k: v for k, v in rows[name].items() if k in META and v} == meta, name
     assert rows["acme/tiny-net"]["path"].endswith(os.path.join("snapshots", "0123abc"))
-    # skipped and counted: notes.txt, labels.json, raw.bin, the SavedModel folder
-    assert "skipped (no supported checkpoint): 4" in printed and "SavedModel" in printed
+    # skipped and counted: notes.txt, labels.json, raw.bin, the SavedModel folder, the dataset repo
+    assert "skipped (no supported checkpoint): 5" in printed and "SavedModel" in printed
     entries = read_catalog(out)  # a valid catalog; every row loads
     assert len(entries) == len(EXPECTED)
     for entry in entries:
