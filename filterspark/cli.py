@@ -6,8 +6,8 @@ Each sub-command has an ``add_*_arguments(parser)`` and a ``run_*(args) -> int``
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE
@@ -322,11 +322,26 @@ def run_notebook(args: argparse.Namespace) -> int:
     return notebook.run(args)
 
 
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="folder tree to scan (a Hugging Face cache, model folders, loose checkpoint files)")
+    parser.add_argument("--out", required=True, help="CSV catalog to write")
+    parser.add_argument("--append", action="store_true", help="keep the catalog's rows and add only paths it lacks")
+
+
+def run_catalog(args: argparse.Namespace) -> int:
+    """Write a CSV catalog of every checkpoint under a folder (see catalog_scan)."""
+    from filterspark.sources.catalog_scan import write_catalog
+
+    print("\n".join(write_catalog(args.dir, args.out, append=args.append).lines()))
+    return 0
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "setup": ("configure spark-submit for Delta Lake and fetch its JARs", add_setup_arguments, run_setup),
     "demo-zoo": ("train the demo zoo of tiny CNNs and write its catalog", add_demo_zoo_arguments, run_demo_zoo),
+    "catalog": ("write a model catalog of the checkpoints under a folder", add_catalog_arguments, run_catalog),
     "extract": ("extract a model catalog into Delta tables", add_extract_arguments, run_extract),
     "analyze": ("PCA, grouped coefficient histograms and shift matrices as tables", add_analyze_arguments, run_analyze),
     "sql": ("run a SQL query against the warehouse", add_sql_arguments, run_sql),

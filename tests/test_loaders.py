@@ -243,16 +243,18 @@ def test_onnx_tf2onnx_like(zoo: dict) -> None:
     m = load_model(zoo["files"]["tf2onnx"])
     w = zoo["tf_weights"]
     assert m.format == "onnx" and m.producer == "tf2onnx 1.16.1" and m.opset == 13
-    # E has a computed weight (Mul) and is skipped; B and C run in parallel (file order: C first)
-    assert [layer.name for layer in m.layers] == ["A", "C", "B", "D"]
+    # E's weight is computed from constants (Mul): folded; B and C run in parallel (file order: C first)
+    assert [layer.name for layer in m.layers] == ["A", "C", "B", "D", "E"]
     by_name = {layer.name: layer for layer in m.layers}
-    assert {n: by_name[n].level for n in "ABCD"} == {"A": 0, "B": 2, "C": 2, "D": 4}
+    assert {n: by_name[n].level for n in "ABCDE"} == {"A": 0, "B": 2, "C": 2, "D": 4, "E": 5}
     assert {n: by_name[n].op for n in "ABCD"} == {"A": "Conv", "B": "Conv", "C": "Conv", "D": "ConvTranspose"}
     assert {n: by_name[n].groups for n in "ABCD"} == {"A": 1, "B": 1, "C": 2, "D": 4}
     for layer in m.layers:
-        assert torch.equal(layer.weight, torch.from_numpy(w[layer.name]))
+        expected = w[layer.name] * np.float32(0.5) if layer.name == "E" else w[layer.name]
+        assert torch.equal(layer.weight, torch.from_numpy(expected))
     assert by_name["C"].weight.dtype == torch.float16  # stored dtype kept despite the Cast
-    assert n_3x3(m.layers) == sum(a.shape[0] * a.shape[1] for k, a in w.items() if k != "E")
+    assert n_3x3(m.layers) == sum(a.shape[0] * a.shape[1] for a in w.values())
+    assert m.warnings == []
 
 
 def test_onnx_levels_wide_deep_graph() -> None:
@@ -310,13 +312,15 @@ def test_format_aliases(zoo: dict) -> None:
     assert normalize_format("pth") == normalize_format(".PT") == normalize_format("torch") == "pytorch"
     assert normalize_format("jit") == normalize_format("script") == "torchscript"
     assert normalize_format("st") == "safetensors"
-    assert set(FORMATS) == {"pytorch", "torchscript", "safetensors", "onnx"}
+    assert normalize_format("h5") == normalize_format(".keras") == "keras"
+    assert normalize_format("lite") == "tflite" and normalize_format("hf") == "huggingface"
+    assert set(FORMATS) == {"pytorch", "torchscript", "safetensors", "onnx", "keras", "tflite", "huggingface"}
     assert load_model(zoo["files"]["safetensors"], "st").format == "safetensors"
     assert load_model(zoo["files"]["scripted"], "jit").format == "torchscript"
     # a TorchScript archive catalogued as plain pytorch is read as what it is
     assert load_model(zoo["files"]["scripted"], "pytorch").format == "torchscript"
     with pytest.raises(LoadError, match="unsupported file format") as err:
-        load_model(zoo["files"]["state_dict"], "keras")
+        load_model(zoo["files"]["state_dict"], "caffe")
     assert_one_line(err)
 
 

@@ -10,8 +10,8 @@ import logging
 import os
 import random
 import time
-from typing import Callable, Iterable, TypeVar
 import uuid
+from typing import Callable, Iterable, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType

@@ -14,8 +14,8 @@ is what the rest of the code reads, writes and names in SQL.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession

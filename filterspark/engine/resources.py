@@ -10,12 +10,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import logging
 import math
 import os
 import re
 import socket
+from dataclasses import dataclass
 from typing import Mapping
 
 from filterspark.delta.capabilities import session_conf

@@ -16,9 +16,9 @@ runs such a function on the executors, one of two ways, with identical results:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import pickle
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession

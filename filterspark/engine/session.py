@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 import sys
+from pathlib import Path
 from typing import Mapping
 
 from filterspark.delta import jvm

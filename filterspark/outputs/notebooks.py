@@ -13,11 +13,11 @@ command line (``--warehouse`` → widget ``warehouse``, ``--database`` → ``dat
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from pathlib import Path
 import re
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from filterspark.delta.capabilities import is_connect

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import argparse
 import base64
-from dataclasses import dataclass, field
 import datetime as _dt
 import html
 import io
-from pathlib import Path
 import re
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 from PIL import Image
 from matplotlib.figure import Figure
-import pandas as pd
 
 from filterspark.delta.warehouse import Warehouse, register_tables
 from filterspark.errors import ReportError

@@ -21,13 +21,13 @@ Either way the filters commit is one transaction for all models of the run; then
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -52,7 +52,7 @@ from filterspark.sources.catalog import CatalogEntry
 log = logging.getLogger("filterspark.extract")
 
 #: Bump when extraction output for the same file changes, so old rows get recomputed.
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # 2: ONNX weights folded from constants, If/Loop bodies, graph-input convs listed
 
 
 #: How filter rows reach Delta (see the module docstring).

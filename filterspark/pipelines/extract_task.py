@@ -8,6 +8,7 @@ holds at most one layer's rows at a time.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from filterspark.delta.schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, WEIGHT_COLUMNS, arrow_schema
+from filterspark.kernels.quality import QualityThresholds, layer_quality, model_quality
 from filterspark.sources.catalog import CatalogEntry
 from filterspark.sources.loaders import load_model
 from filterspark.sources.loaders.base import ConvLayer, LoadError, LoadedModel
-from filterspark.kernels.quality import QualityThresholds, layer_quality, model_quality
-from filterspark.delta.schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, WEIGHT_COLUMNS, arrow_schema
 
 #: Rows per Arrow batch streamed to Spark (a layer larger than this is split).
 MAX_BATCH_ROWS = 262_144
@@ -31,7 +32,14 @@ FILTERS_ARROW_SCHEMA = arrow_schema(FILTERS)
 
 
 def file_checksum(path: str) -> tuple[str, int]:
-    """sha256 hex digest and size of a file, read in chunks."""
+    """sha256 hex digest and size of a file, read in chunks.
+
+    A model folder (Hugging Face layout) gets the sha256 of its sorted
+    ``relative path<TAB>file sha256`` lines and the total size of its files, so any
+    changed, added or removed file changes the checksum.
+    """
+    if os.path.isdir(path):
+        return folder_checksum(path)
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
@@ -39,6 +47,19 @@ def file_checksum(path: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def folder_checksum(path: str) -> tuple[str, int]:
+    """sha256 over the sorted (relative path, file sha256) list of a folder, and its bytes."""
+    from filterspark.sources.loaders.folder import folder_files
+
+    lines, total = [], 0
+    for rel, full in folder_files(path):
+        checksum, size = file_checksum(full)
+        lines.append(f"{rel}\t{checksum}\n")
+        total += size
+    digest = hashlib.sha256("".join(sorted(lines)).encode("utf-8"))
+    return digest.hexdigest(), total
 
 
 def checksum_or_error(path: str) -> dict:
@@ -60,8 +81,11 @@ def conv_depths(layers: list[ConvLayer]) -> list[tuple[int, float]]:
     return [(rank[l.level], rank[l.level] / span if len(levels) > 1 else 0.0) for l in layers]
 
 
-def _channels(layer: ConvLayer) -> tuple[int, int]:
-    a, b = int(layer.weight.shape[0]), int(layer.weight.shape[1])
+def _channels(layer: ConvLayer) -> tuple[int | None, int | None]:
+    dims = layer.dims
+    if dims is None:
+        return None, None
+    a, b = dims[0], dims[1]
     groups = layer.groups or 1
     if layer.op == "ConvTranspose":
         return b * groups, a  # (out, in)
@@ -109,7 +133,7 @@ class ModelExtraction:
         model_id = self.summary["model_id"]
         meta = [self.summary.get(c) for c in FILTER_METADATA]
         for index, layer in enumerate(self.loaded.layers):
-            if layer.kernel_shape != (3, 3):
+            if layer.weight is None or layer.kernel_shape != (3, 3):
                 continue
             weights = layer.weight.detach().reshape(-1, 9).to("cpu", torch.float32).numpy()
             depth, depth_norm = self.depths[index]
@@ -141,7 +165,7 @@ def failed_summary(entry: CatalogEntry, error: str, **fields) -> dict:
 
 def _layer_row(model_id: int, index: int, layer: ConvLayer, depth: tuple[int, float], quality) -> dict:
     out_ch, in_ch = _channels(layer)
-    kh, kw = layer.kernel_shape
+    kh, kw = layer.kernel_shape or (None, None)
     row = {
         "model_id": model_id,
         "layer_index": index,
@@ -155,7 +179,7 @@ def _layer_row(model_id: int, index: int, layer: ConvLayer, depth: tuple[int, fl
         "kernel_h": kh,
         "kernel_w": kw,
         "n_filters": layer.n_kernels,
-        "dtype": str(layer.weight.dtype).replace("torch.", ""),
+        "dtype": layer.dtype_label,
     }
     if quality is not None:
         row.update(quality.as_row())  # undefined (NaN) metrics -> NULL
@@ -185,7 +209,9 @@ def extract_model(
     try:
         depths = conv_depths(loaded.layers)
         quality_by_index = {
-            i: layer_quality(l.weight, thresholds) for i, l in enumerate(loaded.layers) if l.kernel_shape == (3, 3)
+            i: layer_quality(l.weight, thresholds)
+            for i, l in enumerate(loaded.layers)
+            if l.weight is not None and l.kernel_shape == (3, 3)
         }
         layer_rows = [
             _layer_row(entry.model_id, i, layer, depths[i], quality_by_index.get(i))
@@ -196,12 +222,17 @@ def extract_model(
 
     shapes = Counter()
     for layer in loaded.layers:
+        if layer.weight is None:
+            continue  # not in the file: counted in conv_layers, named in the warning
         kh, kw = layer.kernel_shape
         shapes[f"{kh}x{kw}"] += layer.n_kernels
     filters_3x3 = shapes.get("3x3", 0)
     total = sum(n for shape, n in shapes.items() if shape != "1x1")
     summary = base_summary(entry)
     summary.update(file_fields)
+    # what the checkpoint says about itself, under the catalog's own columns (they win)
+    summary["metadata"] = {**loaded.metadata, **summary["metadata"]}
+    warning = "; ".join(loaded.warnings) or (None if loaded.layers else "no 2-D convolution layers")
     summary.update(
         format=loaded.format,
         producer=loaded.producer,
@@ -213,7 +244,7 @@ def extract_model(
         total_filters=total,
         share_3x3=(filters_3x3 / total) if total else None,
         status="ok",
-        error=None if loaded.layers else "no 2-D convolution layers",
+        error=warning[:1000] if warning else None,
         extracted_at=datetime.now(timezone.utc),
     )
     rollup = model_quality(list(quality_by_index.values()), thresholds)

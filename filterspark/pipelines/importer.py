@@ -12,13 +12,13 @@ as extraction does, so ``analyze``, ``quality`` and the report work unchanged.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 

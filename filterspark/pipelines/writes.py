@@ -8,8 +8,8 @@ Delta has no multi-table transactions, so ``filters`` and ``layers`` are written
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Iterable, Iterator
 import uuid
+from typing import Any, Callable, Iterable, Iterator
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F

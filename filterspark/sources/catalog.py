@@ -9,10 +9,10 @@ analysis dimension.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filterspark.errors import CatalogError

@@ -24,13 +24,13 @@ The published format, as documented by its authors:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import hashlib
 import io
 import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np

@@ -1,8 +1,10 @@
 """Checkpoint loaders: one file in, its 2-D convolution weights out.
 
 ``load_model(path)`` sniffs the format from the content and dispatches to the loader for
-PyTorch (``torch.save``), TorchScript, safetensors or ONNX files. Nothing is executed:
-pickles load weights-only unless the catalog opts in with ``allow_pickle``.
+PyTorch (``torch.save``), TorchScript, safetensors, ONNX, Keras (``.h5``/``.keras``) or
+TFLite files, or for a model folder (Hugging Face layout: ``huggingface``). Nothing is
+executed: pickles load weights-only unless the catalog opts in with ``allow_pickle``.
+Every loader converts its kernels to PyTorch's layout (see ``base.ConvLayer``).
 """
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ __all__ = [
     "load_model", "normalize_format", "sniff_format",
 ]
 
-FORMATS = ("pytorch", "torchscript", "safetensors", "onnx")
+FORMATS = ("pytorch", "torchscript", "safetensors", "onnx", "keras", "tflite", "huggingface")
 _ALIASES = {
     "pt": "pytorch", "pth": "pytorch", "torch": "pytorch", "pickle": "pytorch",
     "jit": "torchscript", "script": "torchscript", "ts": "torchscript",
     "st": "safetensors", "safetensor": "safetensors",
+    "h5": "keras", "hdf5": "keras", "keras2": "keras", "keras3": "keras", "tf.keras": "keras",
+    "lite": "tflite", "tfl": "tflite", "tensorflow-lite": "tflite",
+    "hf": "huggingface", "transformers": "huggingface", "diffusers": "huggingface", "folder": "huggingface",
 }
 
 
@@ -67,6 +72,15 @@ def load_model(
     path = os.fspath(path)
     declared = normalize_format(fmt)
     dev = _resolve_device(device)
+    if os.path.isdir(path):  # a model folder, whatever format was declared
+        try:
+            from .folder import load_folder
+
+            return load_folder(path, dev, allow_pickle)
+        except LoadError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise LoadError(f"cannot load model folder: {first_line(e)}") from None
     check_readable(path)
     if declared is None:
         chosen = sniff_format(path)
@@ -85,6 +99,16 @@ def load_model(
             from .safetensors_file import load_safetensors
 
             return load_safetensors(path, dev)
+        if chosen == "keras":
+            from .keras_file import load_keras
+
+            return load_keras(path, dev)
+        if chosen == "tflite":
+            from .tflite_file import load_tflite
+
+            return load_tflite(path, dev)
+        if chosen == "huggingface":
+            raise LoadError("format huggingface needs a model folder, not a file")
         from .onnx_graph import load_onnx
 
         return load_onnx(path, dev)

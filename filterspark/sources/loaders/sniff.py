@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zipfile
 
@@ -19,8 +20,62 @@ _EXTENSIONS = {
     ".ptl": "torchscript",
     ".safetensors": "safetensors",
     ".onnx": "onnx",
+    ".h5": "keras",
+    ".hdf5": "keras",
+    ".keras": "keras",
+    ".tflite": "tflite",
 }
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_HDF5_OFFSETS = (0, 512, 1024, 2048)  # an HDF5 signature may follow a user block
+
+#: Checkpoints that are recognised but not read, each with the reason given to the user.
+UNSUPPORTED_EXTENSIONS = {
+    ".pb": "TensorFlow protobuf graphs (.pb) are not supported: export the model to .keras, .tflite or ONNX",
+    ".pbtxt": "TensorFlow protobuf graphs (.pbtxt) are not supported: export the model to .keras, .tflite or ONNX",
+    ".index": "TensorFlow checkpoints (.index/.data-*) are not supported: export the model to .keras or ONNX",
+    ".gguf": "GGUF files (llama.cpp) are not supported: export the model to ONNX or safetensors",
+    ".mlmodel": "Core ML models are not supported: export the model to ONNX",
+    ".caffemodel": "Caffe models are not supported: convert the model to ONNX",
+    ".msgpack": "Flax msgpack checkpoints are not supported: convert the model to safetensors",
+    ".npz": "NumPy archives hold no layer structure: save a state_dict, safetensors or ONNX file",
+    ".npy": "NumPy arrays hold no layer structure: save a state_dict, safetensors or ONNX file",
+    ".pdparams": "PaddlePaddle checkpoints are not supported: export the model to ONNX",
+    ".params": "MXNet parameter files are not supported: export the model to ONNX",
+    ".engine": "TensorRT engines are not supported: extract from the ONNX model they were built from",
+    ".plan": "TensorRT engines are not supported: extract from the ONNX model they were built from",
+}
+_UNSUPPORTED_MAGIC = (
+    (b"GGUF", "GGUF files (llama.cpp) are not supported: export the model to ONNX or safetensors"),
+)
 _HEAD_BYTES = 1 << 20  # enough of a truncated zip to find member names
+
+
+def unsupported_reason(path: str) -> str | None:
+    """The one-line reason for a checkpoint format that is recognised but not read."""
+    name = os.path.basename(path).lower()
+    if re.search(r"\.data-\d+-of-\d+$", name):
+        return UNSUPPORTED_EXTENSIONS[".index"]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        head = b""
+    for magic, reason in _UNSUPPORTED_MAGIC:
+        if head.startswith(magic):
+            return reason
+    return UNSUPPORTED_EXTENSIONS.get(os.path.splitext(name)[1])
+
+
+def is_hdf5(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            for offset in _HDF5_OFFSETS:
+                f.seek(offset)
+                if f.read(8) == HDF5_MAGIC:
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 def check_readable(path: str) -> int:
@@ -65,6 +120,8 @@ def _zip_format(members: list[str]) -> str | None:
         return "torchscript"
     if has(lambda m: m == "data.pkl" or m.endswith("/data.pkl")):
         return "pytorch"
+    if has(lambda m: m == "model.weights.h5") or (has(lambda m: m == "config.json") and has(lambda m: m == "metadata.json")):
+        return "keras"
     return None
 
 
@@ -76,10 +133,14 @@ def _is_safetensors(head: bytes, size: int) -> bool:
 
 
 def content_format(path: str) -> str | None:
-    """Format told by unambiguous magic bytes (zip, pickle, safetensors), else None."""
+    """Format told by unambiguous magic bytes (zip, pickle, safetensors, HDF5, TFLite), else None."""
     size = check_readable(path)
     with open(path, "rb") as f:
         head = f.read(16)
+    if head.startswith(HDF5_MAGIC) or (head[:8] != HDF5_MAGIC and size > 512 and is_hdf5(path)):
+        return "keras"
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return "tflite"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _zip_format(_zip_members(path))
     if _is_safetensors(head, size):
@@ -101,11 +162,17 @@ def _looks_like_onnx(path: str) -> bool:
 
 def sniff_format(path: str) -> str:
     """Return one of ``FORMATS`` for ``path``; raise LoadError if none fits."""
+    if os.path.isdir(path):
+        return "huggingface"
     fmt = content_format(path)
     if fmt is not None:
         return fmt
     ext = os.path.splitext(path)[1].lower()
     by_ext = _EXTENSIONS.get(ext)
+    if by_ext is None:
+        reason = unsupported_reason(path)
+        if reason:
+            raise LoadError(reason)
     if by_ext == "onnx" or _looks_like_onnx(path):
         return "onnx"
     if by_ext is not None:
