@@ -30,6 +30,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_quality_thresholds(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`QualityThresholds` field (``--random-entropy-norm`` ...)."""
+    from filterspark.kernels.quality import QualityThresholds
+
+    for name, value in vars(QualityThresholds()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
+
+
+def _thresholds(args: argparse.Namespace):
+    """The thresholds the options set (the others at their defaults)."""
+    from filterspark.kernels.quality import QualityThresholds
+
+    return QualityThresholds.from_dict({k: getattr(args, k) for k in vars(QualityThresholds())})
+
+
 def _session(args: argparse.Namespace, app_name: str):
     """The session a command runs on, with the warehouse's tables named."""
     from filterspark.engine.session import build_session
@@ -107,10 +122,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest checkpoint file a task loads, e.g. 2g (0: no limit); larger models fail alone "
         "(default: spark.filterspark.maxModelBytes, else derived from the executors' Python memory)",
     )
-    from filterspark.kernels.quality import QualityThresholds
-
-    for name, value in vars(QualityThresholds()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
+    _add_quality_thresholds(parser)
 
 
 def _demo_catalog(zoo_dir: str) -> str:
@@ -126,14 +138,12 @@ def _demo_catalog(zoo_dir: str) -> str:
 def run_extract(args: argparse.Namespace) -> int:
     """The extraction job (``spark-submit jobs/extract.py``)."""
     from filterspark.engine.resources import default_gpus_per_task
-    from filterspark.kernels.quality import QualityThresholds
     from filterspark.pipelines.extract import ExtractOptions, run_extraction
     from filterspark.sources.catalog import read_catalog
 
     catalog = args.catalog or _demo_catalog(args.zoo_dir)
     entries = read_catalog(catalog)
-    overrides = {k: getattr(args, k) for k in vars(QualityThresholds())}
-    thresholds = QualityThresholds.from_dict(overrides)
+    thresholds = _thresholds(args)
     spark = _session(args, "filterspark-extract")
     gpus = args.gpus_per_task if args.gpus_per_task is not None else default_gpus_per_task(spark)
     options = ExtractOptions(
@@ -261,20 +271,16 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows-per-task", type=int, default=DEFAULT_ROWS_PER_TASK, help=f"filters per Spark task (default {DEFAULT_ROWS_PER_TASK:,})"
     )
     parser.add_argument("--force", action="store_true", help="re-import models even when unchanged")
-    from filterspark.kernels.quality import QualityThresholds
-
-    for name, value in vars(QualityThresholds()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"quality threshold (default {value})")
+    _add_quality_thresholds(parser)
 
 
 def run_import_filterdb(args: argparse.Namespace) -> int:
     """The CNN Filter DB import job (``spark-submit jobs/import_filterdb.py``)."""
-    from filterspark.kernels.quality import QualityThresholds
     from filterspark.pipelines.importer import ImportOptions, run_import
     from filterspark.sources.filterdb_h5 import read_filterdb
 
     db = read_filterdb(args.h5, normalise_tasks=args.normalise_tasks)
-    thresholds = QualityThresholds.from_dict({k: getattr(args, k) for k in vars(QualityThresholds())})
+    thresholds = _thresholds(args)
     spark = _session(args, "filterspark-import-filterdb")
     options = ImportOptions(
         warehouse=args.warehouse,

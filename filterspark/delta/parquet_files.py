@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq

@@ -138,6 +138,25 @@ class Warehouse:
         return f"{self.uri} ({self.database})"
 
 
+@dataclass
+class WarehouseOptions:
+    """The part every job's options share: where its tables are. ``warehouse`` is the
+    directory of path mode; ``catalog_name`` selects catalog mode (tables managed as
+    ``<catalog_name>.<database>.<table>``)."""
+
+    warehouse: str = DEFAULT_WAREHOUSE
+    database: str = DEFAULT_DATABASE
+    catalog_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.tables  # validates the names
+
+    @property
+    def tables(self) -> Warehouse:
+        """Where the job's tables are."""
+        return Warehouse(self.warehouse, self.database, self.catalog_name)
+
+
 def as_warehouse(warehouse: "Warehouse | str", database: str = DEFAULT_DATABASE, catalog: str | None = None) -> Warehouse:
     """``warehouse`` itself, or the warehouse of a directory (``catalog`` set: catalog mode)."""
     if isinstance(warehouse, Warehouse):

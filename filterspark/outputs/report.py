@@ -14,7 +14,6 @@ import datetime as _dt
 import html
 import io
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 from PIL import Image
 from matplotlib.figure import Figure
 
-from filterspark.delta.warehouse import Warehouse, register_tables
+from filterspark.delta.warehouse import WarehouseOptions, register_tables
 from filterspark.errors import ReportError
 from filterspark.outputs import plots
 from filterspark.outputs import report_data as rd
@@ -70,22 +69,15 @@ figcaption{font-size:13px;color:#555}.meta{color:#555;font-size:14px}nav li{font
 
 
 @dataclass
-class ReportOptions:
-    warehouse: str
-    out: str
-    database: str = "filterdb"
+class ReportOptions(WarehouseOptions):
+    """What the report draws, from which warehouse, into which directory."""
+
+    out: str = "report"
     run_id: str | None = None
     scope: str = "all"
     models: tuple[str, ...] = ()  # filter grids of these models (default: healthiest and most degenerated)
     group_by: tuple[str, ...] = (rd.HEALTH, "task")  # model groups of the depth box plots
     inline: bool = False
-    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
-    catalog_name: str | None = None
-
-    @property
-    def tables(self) -> Warehouse:
-        """Where the report's tables are."""
-        return Warehouse(self.warehouse, self.database, self.catalog_name)
 
 
 @dataclass

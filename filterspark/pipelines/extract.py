@@ -30,16 +30,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import default_parallelism, session_conf
 from filterspark.delta.files import discard_unreferenced, file_write_blockers, local_path
-from filterspark.delta.schemas import FILTERS, FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
-from filterspark.delta.tables import (
-    ensure_tables, id_predicate, replace_rows, rows_frame, table_detail, upsert_rows, with_conflict_retry,
-)
-from filterspark.delta.warehouse import DEFAULT_DATABASE, TableRef, Warehouse, register_tables
+from filterspark.delta.schemas import FILTERS_PARTITION_COLUMNS
+from filterspark.delta.tables import ensure_tables, id_predicate, table_detail, with_conflict_retry
+from filterspark.delta.warehouse import TableRef, WarehouseOptions, register_tables
 from filterspark.engine.phases import Phases
 from filterspark.engine.resources import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
 from filterspark.engine.runner import run_tasks
@@ -60,11 +57,9 @@ WRITE_MODES = ("auto", "files", "spark")
 
 
 @dataclass
-class ExtractOptions:
+class ExtractOptions(WarehouseOptions):
     """Settings of one extraction run."""
 
-    warehouse: str
-    database: str = DEFAULT_DATABASE
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     #: catalog rows per Spark task; None: about four tasks per core (see plan_tasks)
     models_per_task: int | None = None
@@ -75,8 +70,6 @@ class ExtractOptions:
     max_model_bytes: int | str | None = None
     #: how filter rows reach Delta: auto | files | spark (see the module docstring)
     write: str = "auto"
-    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
-    catalog_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.write not in WRITE_MODES:
@@ -85,12 +78,7 @@ class ExtractOptions:
             raise OptionsError(f"models_per_task must be at least 1, not {self.models_per_task}")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
             raise OptionsError(f"gpus_per_task must be >= 0, not {self.gpus_per_task}")
-        self.tables  # validates the warehouse names
-
-    @property
-    def tables(self) -> Warehouse:
-        """Where the run's tables are."""
-        return Warehouse(self.warehouse, self.database, self.catalog_name)
+        super().__post_init__()
 
     def settings_json(self) -> str:
         return json.dumps({"v": EXTRACTOR_VERSION, "thresholds": asdict(self.thresholds)}, sort_keys=True)

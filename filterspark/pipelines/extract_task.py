@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from filterspark.delta.schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, WEIGHT_COLUMNS, arrow_schema
+from filterspark.delta.schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, arrow_schema
 from filterspark.kernels.quality import QualityThresholds, layer_quality, model_quality
 from filterspark.sources.catalog import CatalogEntry
 from filterspark.sources.loaders import load_model

@@ -25,7 +25,7 @@ from pyspark.sql import SparkSession
 from filterspark.delta.capabilities import set_job_description
 from filterspark.delta.schemas import FILTER_METADATA, MODEL_QUALITY_FIELDS
 from filterspark.delta.tables import ensure_tables, id_predicate
-from filterspark.delta.warehouse import DEFAULT_DATABASE, Warehouse, register_tables
+from filterspark.delta.warehouse import WarehouseOptions, register_tables
 from filterspark.errors import OptionsError
 from filterspark.kernels.quality import LayerQuality, QualityThresholds, model_quality
 from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
@@ -40,27 +40,18 @@ DEFAULT_ROWS_PER_TASK = 4_000_000
 
 
 @dataclass
-class ImportOptions:
+class ImportOptions(WarehouseOptions):
     """Settings of one import run."""
 
-    warehouse: str
-    database: str = DEFAULT_DATABASE
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     normalise_tasks: bool = False
     rows_per_task: int = DEFAULT_ROWS_PER_TASK
     force: bool = False
-    #: catalog mode: tables managed as ``<catalog_name>.<database>.<table>`` (None: path mode)
-    catalog_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.rows_per_task < 1:
             raise OptionsError(f"rows_per_task must be at least 1, not {self.rows_per_task}")
-        self.tables  # validates the warehouse names
-
-    @property
-    def tables(self) -> Warehouse:
-        """Where the import's tables are."""
-        return Warehouse(self.warehouse, self.database, self.catalog_name)
+        super().__post_init__()
 
     def settings_json(self) -> str:
         return json.dumps(

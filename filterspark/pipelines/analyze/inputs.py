@@ -1,0 +1,116 @@
+"""The analysis input: the ``ok`` models' filters in scope, the dimensions as group-label
+columns, and how the scans read the filters (files or a DataFrame)."""
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DataType, MapType, StructType
+
+from filterspark.delta.schemas import WEIGHT_COLUMNS
+from filterspark.delta.tables import table_exists
+from filterspark.engine.scans import FilterScan, filter_scan
+from filterspark.errors import AnalyzeError
+from filterspark.kernels import coefficients as co
+from filterspark.pipelines.analyze.options import ALL, AnalyzeOptions, DEFAULT_BY, DEPTH_DIMENSION, MODEL_DIMENSION
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def depth_decile(column: str = "conv_depth_norm") -> Column:
+    """The depth group of a layer: the decile of ``column`` ([0.0,0.1], (0.1,0.2], ...), NULL/NaN → ``(none)``."""
+    expr = F.when(F.col(column).isNull() | F.isnan(column), F.lit(co.NONE_LABEL))
+    for edge, label in zip(co.DEPTH_EDGES, co.DEPTH_DECILES):
+        expr = expr.when(F.col(column) <= F.lit(float(edge)), F.lit(label))
+    return expr.otherwise(F.lit(co.DEPTH_DECILES[-1]))
+
+
+def group_label(value: Column) -> Column:
+    """A group label: the value as a string, NULL and '' → ``(none)``."""
+    text = value.cast("string")
+    return F.when(text.isNull() | (text == ""), F.lit(co.NONE_LABEL)).otherwise(text)
+
+
+def _is_scalar(dtype: DataType) -> bool:
+    return not isinstance(dtype, (ArrayType, MapType, StructType))
+
+
+def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[str, Column]:
+    """Label expression of each requested dimension (over the joined filter+model rows).
+
+    A dimension is ``depth_decile``, a scalar column of ``models`` or a key of
+    ``models.metadata`` (a column wins over a key of the same name).
+    """
+    columns = {f.name for f in models.schema.fields if _is_scalar(f.dataType)} - {"model_id"}
+    requested = list(by) if by else list(DEFAULT_BY)
+    keys: set[str] = set()
+    if any(d != DEPTH_DIMENSION and d not in columns for d in requested):  # a small job: only if needed
+        keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
+    wanted = requested if by else [d for d in DEFAULT_BY if d == DEPTH_DIMENSION or d in columns or d in keys]
+    out: dict[str, Column] = {}
+    for dim in wanted:
+        if dim in (ALL, MODEL_DIMENSION):
+            raise AnalyzeError(f"'{dim}' is reserved and cannot be a dimension")
+        if dim == DEPTH_DIMENSION:
+            out[dim] = F.col(DEPTH_DIMENSION)
+        elif dim in columns:
+            out[dim] = group_label(F.col(dim))
+        elif dim in keys:
+            out[dim] = group_label(F.col("metadata").getItem(dim))
+        else:
+            raise AnalyzeError(
+                f"unknown dimension '{dim}': use depth_decile, a column of models "
+                f"({', '.join(sorted(columns))}) or a metadata key ({', '.join(sorted(keys)) or 'none'})"
+            )
+    return out
+
+
+def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFrame, DataFrame]:
+    """(filters of ``ok`` models joined with their model row and ``depth_decile``, after
+    ``--where``; the ``ok`` models). Filters with a non-finite weight are left out."""
+    tables = {t: options.tables.table(t) for t in ("filters", "models")}
+    for name, table in tables.items():
+        if not table_exists(spark, table):
+            raise AnalyzeError(f"no {name} table ({table.location or table.sql}): run the extraction first")
+    models = tables["models"].read(spark).where(F.col("status") == "ok")
+    filters = tables["filters"].read(spark).select(
+        "model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, "conv_depth", "conv_depth_norm"
+    )
+    joined = filters.join(F.broadcast(models), "model_id").withColumn(DEPTH_DIMENSION, depth_decile())
+    peak = F.greatest(*[F.abs(F.col(c).cast("double")) for c in WEIGHT_COLUMNS])
+    joined = joined.where(~F.isnan(peak) & (peak < F.lit(float("inf"))))
+    if options.where and options.where.strip():
+        try:
+            joined = joined.where(F.expr(options.where))
+            joined.schema  # resolve now: a bad predicate is the user's error
+        except Exception as err:  # noqa: BLE001 - AnalysisException / ParseException
+            raise AnalyzeError(f"bad where predicate {options.where!r}: {str(err).splitlines()[0]}") from err
+    return joined, models
+
+
+def _is_model_level(models: DataFrame, where: str | None) -> bool:
+    """Whether ``where`` can be decided from the model rows alone."""
+    if not (where and where.strip()):
+        return True
+    try:
+        models.where(F.expr(where)).schema
+        return True
+    except Exception:  # noqa: BLE001 - AnalysisException: a filter-level column
+        return False
+
+
+def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, models: DataFrame,
+              ok_ids: set[int] | None = None) -> FilterScan:
+    """The filters scan of one run: whole models' data files when the scope allows it.
+    ``ok_ids``: the ok models' ids when the caller has them already."""
+    model_level = _is_model_level(models, options.where)
+    ids: set[int] = set()
+    if options.scan != "spark" and model_level:
+        if options.scope == ALL and ok_ids is not None:
+            ids = set(ok_ids)
+        else:
+            in_scope = models.where(F.expr(options.where)) if options.scope != ALL else models
+            ids = {int(r[0]) for r in in_scope.select("model_id").collect()}
+    return filter_scan(spark, options.tables.table("filters"), ids, lambda: joined, options.scan, model_level)
+
+

@@ -1,0 +1,94 @@
+"""What an analysis run is asked to do (:class:`AnalyzeOptions`) and what it found (:class:`AnalyzeReport`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from filterspark.delta.warehouse import WarehouseOptions
+from filterspark.engine.scans import SCAN_MODES
+from filterspark.errors import OptionsError
+from filterspark.kernels import coefficients as co
+from filterspark.kernels.pca import PCABasis
+from filterspark.kernels.shifts import N_BINS
+
+
+#: ``--by`` default: those of these that exist (``variant`` is a metadata key of the demo zoo).
+DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_decile", "variant")
+DEPTH_DIMENSION = "depth_decile"
+ALL = "all"  # the dimension (and group) of the whole scope
+MODEL_DIMENSION = "__model__"  # internal dimension: one group per model (for model_shifts)
+
+
+@dataclass
+class AnalyzeOptions(WarehouseOptions):
+    """Settings of one analysis run."""
+
+    by: tuple[str, ...] | None = None  # None: the DEFAULT_BY dimensions that exist
+    bins: int = N_BINS
+    where: str | None = None  # SQL predicate over filter + model columns
+    write_coefficients: bool = False
+    scan: str = "auto"  # auto | files | spark (see filter_scan)
+    min_group_filters: int | None = None  # None: 10 per bin (700 for 70 bins)
+
+    def __post_init__(self) -> None:
+        if self.scan not in SCAN_MODES:
+            raise OptionsError(f"scan must be one of {', '.join(SCAN_MODES)}, not {self.scan!r}")
+        if self.bins < 1:
+            raise OptionsError(f"bins must be at least 1, not {self.bins}")
+        if self.min_group_filters is not None and self.min_group_filters < 0:
+            raise OptionsError(f"min_group_filters must be >= 0, not {self.min_group_filters}")
+        if isinstance(self.by, str):
+            self.by = tuple(d.strip() for d in self.by.split(",") if d.strip())
+        super().__post_init__()
+
+    @property
+    def scope(self) -> str:
+        return self.where.strip() if self.where and self.where.strip() else ALL
+
+    @property
+    def min_filters(self) -> int:
+        if self.min_group_filters is not None:
+            return int(self.min_group_filters)
+        return co.default_min_group_filters(self.bins)
+
+
+@dataclass
+class AnalyzeReport:
+    """What one run found, for the console summary, the closing note and tests."""
+
+    run_id: str = ""
+    scope: str = ALL
+    n_filters: int = 0
+    n_models: int = 0
+    basis: PCABasis | None = None
+    range: tuple[float, float] = (0.0, 0.0)
+    dimensions: list[str] = field(default_factory=list)
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
+    extremes: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)  # (a, b, shift) largest, smallest
+    min_group_filters: int = 0
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    scan: str = ""  # how the filters were read: files, or spark (why)
+
+    def lines(self) -> list[str]:
+        evr = ", ".join(f"{v:.4f}" for v in self.basis.explained_variance_ratio) if self.basis else ""
+        out = [
+            f"run {self.run_id}  scope: {self.scope}",
+            f"filters: {self.n_filters:,} from {self.n_models} models",
+            f"explained-variance ratios: {evr}",
+            f"coefficient range: [{self.range[0]:.6g}, {self.range[1]:.6g}]",
+            f"filters read: {self.scan}",
+        ]
+        for dim in self.dimensions:
+            groups = self.groups.get(dim, {})
+            n_small = sum(1 for n in groups.values() if n < self.min_group_filters)
+            line = f"  {dim}: {len(groups)} groups ({n_small} small)"
+            if dim in self.extremes:
+                (a1, b1, s1), (a2, b2, s2) = self.extremes[dim]
+                line += f"; largest shift {s1:.4f} ({a1} vs {b1}); smallest {s2:.4f} ({a2} vs {b2})"
+            out.append(line)
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items())
+        out.append(f"wall time: {self.seconds:.1f} s ({phases})")
+        return out
+
+

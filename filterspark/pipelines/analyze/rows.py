@@ -1,0 +1,137 @@
+"""The analysis tables' rows, built on the driver from the merged partials."""
+from __future__ import annotations
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from filterspark.delta.schemas import arrow_schema
+from filterspark.kernels import coefficients as co
+from filterspark.kernels.pca import N_WEIGHTS, PCABasis
+from filterspark.kernels.shifts import bin_edges, normalised_histogram, shift_matrix
+from filterspark.pipelines.analyze.options import ALL
+
+
+# --- driver-side results --------------------------------------------------------------------
+
+
+_RUN_COLUMNS = ("run_id", "scope", "run_at")
+
+
+def run_fields(run: dict) -> dict:
+    return {k: run[k] for k in _RUN_COLUMNS}
+
+
+def without_run(schema: StructType) -> StructType:
+    return StructType([f for f in schema.fields if f.name not in _RUN_COLUMNS])
+
+
+def with_run(df: DataFrame, run: dict, schema: StructType) -> DataFrame:
+    """``df`` (the non-run columns of ``schema``) with the run's columns, in ``schema`` order."""
+    lits = {"run_id": F.lit(run["run_id"]), "scope": F.lit(run["scope"]), "run_at": F.lit(run["run_at"]).cast("timestamp")}
+    return df.select(*[lits[f.name].alias(f.name) if f.name in lits else F.col(f.name) for f in schema.fields])
+
+
+def basis_rows(run: dict, basis: PCABasis) -> list[dict]:
+    return [
+        {
+            **run_fields(run), "component": k,
+            **{f"v{i}": float(basis.components[k, i]) for i in range(N_WEIGHTS)},
+            "mean": [float(v) for v in basis.mean],
+            "explained_variance": float(basis.explained_variance[k]),
+            "explained_variance_ratio": float(basis.explained_variance_ratio[k]),
+            "n_filters": basis.n_filters,
+        }
+        for k in range(N_WEIGHTS)
+    ]
+
+
+def histogram_table(groups: dict, names: list[str], lo: float, hi: float, bins: int, small: int):
+    """Arrow table of coefficient_histograms' non-run columns (one row per dimension,
+    group, component and bin)."""
+    import pyarrow as pa
+
+    from filterspark.delta.schemas import COEFFICIENT_HISTOGRAMS
+
+    edges = bin_edges(lo, hi, bins)
+    m = N_WEIGHTS * bins
+    cols: dict[str, list] = {f.name: [] for f in without_run(COEFFICIENT_HISTOGRAMS).fields}
+    for (dim, label), g in sorted(groups.items()):
+        cols["dimension"].append(np.full(m, names[dim], object))
+        cols["group_value"].append(np.full(m, label, object))
+        cols["component"].append(np.repeat(np.arange(N_WEIGHTS, dtype=np.int32), bins))
+        cols["bin"].append(np.tile(np.arange(bins, dtype=np.int32), N_WEIGHTS))
+        cols["bin_lo"].append(np.tile(edges[:-1], N_WEIGHTS))
+        cols["bin_hi"].append(np.tile(edges[1:], N_WEIGHTS))
+        cols["count"].append(g.hist.reshape(-1))
+        cols["probability"].append(normalised_histogram(g.hist, lo, hi).reshape(-1))
+        cols["n_filters"].append(np.full(m, g.n, np.int64))
+        cols["small_group"].append(np.full(m, g.n < small))
+    schema = arrow_schema(without_run(COEFFICIENT_HISTOGRAMS))
+    return pa.Table.from_arrays([pa.array(np.concatenate(cols[f.name]), type=f.type) for f in schema], schema=schema)
+
+
+def stats_rows(run: dict, groups: dict, names: list[str], basis: PCABasis, lo: float, hi: float, small: int):
+    rows = []
+    for (dim, label), g in sorted(groups.items()):
+        stats = co.group_stats(g, basis, lo, hi)
+        for k in range(N_WEIGHTS):
+            row = {**run_fields(run), "dimension": names[dim], "group_value": label, "component": k,
+                   "small_group": g.n < small}
+            for name, values in stats.items():
+                v = values[k]
+                row[name] = int(v) if name == "n_filters" else (None if not np.isfinite(v) else float(v))
+            rows.append(row)
+    return rows
+
+
+def shift_rows(run: dict, groups: dict, names: list[str], evr: np.ndarray, lo: float, hi: float, small: int):
+    rows = []
+    for dim, name in enumerate(names):
+        members = {label: g for (d, label), g in groups.items() if d == dim}
+        hists = {label: normalised_histogram(g.hist, lo, hi) for label, g in members.items()}
+        for a, b, total, per in shift_matrix(hists, evr):
+            na, nb = members[a].n, members[b].n
+            rows.append({**run_fields(run), "dimension": name, "group_a": a, "group_b": b, "shift": float(total),
+                         "kl_components": [float(v) for v in per], "n_a": na, "n_b": nb,
+                         "small": bool(na < small or nb < small)})
+    return rows
+
+
+def model_shift_rows(run, per_model, groups, model_labels, names, model_dims, evr, lo, hi, small):
+    """Each model against the rest of the population (dimension ``all``) and the rest of
+    its group in each model-level dimension."""
+    rows = []
+    everything = groups[(len(names), ALL)]
+    for model_id, g in sorted(per_model.items()):
+        info = model_labels.get(model_id, {})
+        targets = [(ALL, ALL, everything)]
+        for d in model_dims:
+            label = info.get(names[d])
+            if label is not None and (d, label) in groups:
+                targets.append((names[d], label, groups[(d, label)]))
+        for dim_name, label, whole in targets:
+            res = co.rest_shift(g.hist, whole.hist, evr, lo, hi)
+            n_rest = whole.n - g.n
+            rows.append({
+                **run_fields(run), "model_id": model_id, "name": info.get("name"), "dimension": dim_name,
+                "group_value": label, "shift": None if res is None else float(res[0]),
+                "kl_components": None if res is None else [float(v) for v in res[1]],
+                "n_filters": g.n, "n_rest": n_rest, "small": bool(g.n < small or n_rest < small),
+            })
+    return rows
+
+
+def extremes(rows: list[dict]) -> dict[str, tuple[tuple, tuple]]:
+    out: dict[str, tuple[tuple, tuple]] = {}
+    by_dim: dict[str, list[tuple]] = {}
+    for r in rows:
+        if r["group_a"] < r["group_b"]:
+            by_dim.setdefault(r["dimension"], []).append((r["group_a"], r["group_b"], r["shift"]))
+    for dim, pairs in by_dim.items():
+        pairs.sort(key=lambda p: p[2])
+        out[dim] = (pairs[-1], pairs[0])
+    return out
+
+
