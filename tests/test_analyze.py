@@ -420,7 +420,7 @@ def test_cli_rejects_bad_requests(spark, synthetic, capsys):
 # --- pure aggregation helpers ---------------------------------------------------------------------
 
 
-def test_partition_accumulator_is_batch_invariant_and_assembles():
+def test_partition_accumulator_is_batch_invariant_and_merges():
     from filterspark.kernels import coefficients as co
     from filterspark.kernels.pca import moments, pca_direct, project, scale_filters
 
@@ -437,24 +437,25 @@ def test_partition_accumulator_is_batch_invariant_and_assembles():
         acc = co.PartitionAccumulator(lo, hi, 70, ref, frozenset({0}))
         for s in splits:
             acc.add(scaled[s], coeffs[s], [(codes[s], names), (np.zeros(len(codes[s]), int), ["all"])])
-        return acc.columns()
+        return acc
 
-    one = accumulate([slice(0, 3000)])
-    many = accumulate([slice(0, 7), slice(7, 1000), slice(1000, 3000)])
-    key = lambda c: sorted(zip(*[c[k].tolist() for k in co.PARTIAL_COLUMNS[:5]], c["count"].tolist()))  # noqa: E731
-    assert key(one) == key(many)
-    summed = {**{k: one[k] for k in co.PARTIAL_COLUMNS[:5]}, "count": one["count"], "total": one["value"],
-              "vmin": one["value"], "vmax": one["value"]}
-    groups = co.assemble(summed, 70, ref)
+    one = accumulate([slice(0, 3000)]).summaries()
+    # three tasks' accumulators merged on the driver, as the analysis merges them
+    tasks = [accumulate([slice(0, 7), slice(7, 1000)]), accumulate([slice(1000, 2000)]), accumulate([slice(2000, 3000)])]
+    merged = tasks[0].merge(tasks[1]).merge(tasks[2]).summaries()
+    assert set(one) == set(merged)
+    for key, g in one.items():
+        assert merged[key].n == g.n
+        np.testing.assert_array_equal(merged[key].hist, g.hist)
     for i, name in enumerate(names):
         m = codes == i
-        g = groups[(0, name)]
+        g = merged[(0, name)]
         assert g.n == m.sum()
         np.testing.assert_array_equal(g.hist, np.stack([np.histogram(coeffs[m, j], 70, (lo, hi))[0] for j in range(9)]))
         np.testing.assert_allclose(g.moments.cross, moments(scaled[m]).cross, rtol=1e-12)
         stats = co.group_stats(g, basis, lo, hi)
         np.testing.assert_allclose(stats["std"], coeffs[m].std(axis=0, ddof=1), rtol=1e-10)
-    assert groups[(1, "all")].fine is None and groups[(1, "all")].n == 3000
+    assert merged[(1, "all")].fine is None and merged[(1, "all")].n == 3000
 
 
 def test_quantiles_from_counts_within_one_bin():

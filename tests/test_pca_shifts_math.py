@@ -16,11 +16,9 @@ from filterspark.kernels.pca import (
     project,
     provisional_reference,
     scale_filters,
-    upper_triangle_pairs,
 )
 from filterspark.kernels.shifts import (
     EMPTY_BIN,
-    batch_range,
     bin_edges,
     combine_ranges,
     histogram_counts,
@@ -104,12 +102,6 @@ def test_scale_filters_edge_cases() -> None:
 # ---------------------------------------------------------------- moments
 
 
-def test_upper_triangle_pairs_order() -> None:
-    pairs = upper_triangle_pairs()
-    assert len(pairs) == 45 and pairs[:3] == [(0, 0), (0, 1), (0, 2)] and pairs[-1] == (8, 8)
-    assert pairs == sorted(pairs) and all(i <= j for i, j in pairs)
-
-
 def test_batch_merged_moments_equal_single_pass(scaled: np.ndarray) -> None:
     single = moments(scaled)
     merged = FilterMoments.zeros()
@@ -119,22 +111,6 @@ def test_batch_merged_moments_equal_single_pass(scaled: np.ndarray) -> None:
     np.testing.assert_allclose(merged.sum, single.sum, rtol=1e-12, atol=1e-12 * np.abs(single.sum).max())
     np.testing.assert_allclose(merged.cross, single.cross, rtol=1e-12)
     np.testing.assert_allclose(merged.covariance(), np.cov(scaled, rowvar=False), rtol=1e-12, atol=1e-15)
-
-
-def test_from_flat_matches_sql_style_sums(scaled: np.ndarray) -> None:
-    ref = provisional_reference(scaled[:512])
-    np.testing.assert_array_equal(ref * 1024, np.round(ref * 1024))  # short exact literal
-    d = scaled - ref
-    prods = [float(np.sum(d[:, i] * d[:, j])) for i, j in upper_triangle_pairs()]
-    m = FilterMoments.from_flat(len(d), d.sum(axis=0), prods, ref)
-    direct = moments(scaled, ref)
-    np.testing.assert_allclose(m.cross, direct.cross, rtol=1e-12)
-    np.testing.assert_array_equal(m.cross, m.cross.T)
-    np.testing.assert_allclose(m.mean, scaled.mean(axis=0), rtol=1e-12, atol=1e-15)
-    empty = FilterMoments.from_flat(0, [np.nan] * 9, [np.nan] * 45)
-    assert empty.n == 0 and (empty + m).n == m.n
-    with pytest.raises(ValueError):
-        FilterMoments.from_flat(3, np.zeros(9), np.zeros(44))
 
 
 def test_merge_with_different_references(scaled: np.ndarray) -> None:
@@ -293,7 +269,7 @@ def test_histogram_equal_range_and_float32() -> None:
 
 def test_normalised_histogram_equals_published_procedure(scaled: np.ndarray) -> None:
     c = project(scaled, pca_direct(scaled))
-    lo, hi = combine_ranges([batch_range(c[:100]), batch_range(c[100:])])
+    lo, hi = combine_ranges([(c[:100].min(), c[:100].max()), (c[100:].min(), c[100:].max())])
     assert (lo, hi) == (c.min(), c.max())
     counts = histogram_counts_2d(c, lo, hi)
     got = normalised_histogram(counts, lo, hi)
@@ -313,8 +289,6 @@ def test_normalised_histogram_empty_is_nan() -> None:
 
 
 def test_ranges() -> None:
-    assert batch_range(np.array([[np.nan, 2.0], [-np.inf, -1.0]])) == (-1.0, 2.0)
-    assert batch_range(np.zeros((0, 9))) == (np.inf, -np.inf)
     assert combine_ranges([(0.5, 1.0), (np.inf, -np.inf), (None, None), (-2.0, 0.0)]) == (-2.0, 1.0)
     with pytest.raises(ValueError):
         combine_ranges([(np.nan, np.nan)])

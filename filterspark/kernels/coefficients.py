@@ -3,10 +3,10 @@
 A Spark task feeds its filter batches to a :class:`PartitionAccumulator`, which keeps,
 per (dimension, group): the published 70-bin counts (``shifts.histogram_counts_2d``),
 a finer histogram for quantiles, per-component min/max and the scaled filters' moments
-(``pca.FilterMoments``). :meth:`PartitionAccumulator.columns` flattens them into additive
-"partial" rows; Spark sums those per key, and :func:`assemble` rebuilds the groups on the
-driver from the (small) summed result. :func:`group_stats`, :func:`quantiles_from_counts`
-and :func:`rest_shift` finish the tables' values.
+(``pca.FilterMoments``). Each task's accumulator reaches the driver whole and
+:meth:`PartitionAccumulator.merge` adds them up exactly; :meth:`PartitionAccumulator.summaries`
+gives the groups, and :func:`group_stats`, :func:`quantiles_from_counts` and
+:func:`rest_shift` finish the tables' values.
 """
 from __future__ import annotations
 
@@ -33,10 +33,6 @@ QUANTILES = {"q01": 0.01, "q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, 
 MIN_FILTERS_PER_BIN = 10
 
 # Kinds of partial rows (the ``kind`` column); all values are additive or min/max.
-HIST, FINE, MIN, MAX, MOMENT, COUNT = range(6)
-PARTIAL_COLUMNS = ("kind", "dim", "grp", "component", "bin", "count", "value")
-_N_PRODUCTS = N_WEIGHTS * (N_WEIGHTS + 1) // 2
-_IU = np.triu_indices(N_WEIGHTS)  # the order of pca.upper_triangle_pairs()
 
 
 def default_min_group_filters(bins: int) -> int:
@@ -133,25 +129,8 @@ class PartitionAccumulator:
         return self
 
     def summaries(self) -> dict[tuple[int, str], "GroupSummary"]:
-        """The groups as :class:`GroupSummary` (what :func:`assemble` gives for summed
-        :meth:`columns` rows)."""
+        """The groups as :class:`GroupSummary`."""
         return {k: GroupSummary(g.n, g.hist, g.fine, g.lo, g.hi, g.moments) for k, g in self.groups.items()}
-
-    def columns(self) -> dict[str, np.ndarray]:
-        """The partial rows (columns of :data:`PARTIAL_COLUMNS`); zero counts are left out."""
-        parts: list[tuple] = []
-        for (dim, label), g in self.groups.items():
-            parts.append(_count_rows(HIST, dim, label, g.hist))
-            parts.append(_value_rows(COUNT, dim, label, np.array([0.0]), count=g.n, component=np.array([-1])))
-            if g.moments is not None:
-                parts.append(_count_rows(FINE, dim, label, g.fine))
-                parts.append(_value_rows(MIN, dim, label, g.lo))
-                parts.append(_value_rows(MAX, dim, label, g.hi))
-                flat = np.r_[g.moments.sum, g.moments.cross[_IU]]
-                parts.append(_value_rows(MOMENT, dim, label, flat, count=g.moments.n))
-        if not parts:
-            return {c: np.empty(0) for c in PARTIAL_COLUMNS}
-        return {c: np.concatenate([p[i] for p in parts]) for i, c in enumerate(PARTIAL_COLUMNS)}
 
 
 class _BinnedBatch:
@@ -180,25 +159,6 @@ class _BinnedBatch:
         return p
 
 
-def _count_rows(kind: int, dim: int, label: str, counts: np.ndarray) -> tuple:
-    comp, b = np.nonzero(counts)
-    n = comp.size
-    return (
-        np.full(n, kind, np.int32), np.full(n, dim, np.int32), np.full(n, label, object),
-        comp.astype(np.int32), b.astype(np.int32), counts[comp, b].astype(np.int64), np.zeros(n),
-    )
-
-
-def _value_rows(kind: int, dim: int, label: str, values: np.ndarray, count: int = 0,
-                component: np.ndarray | None = None) -> tuple:
-    n = values.size
-    comp = np.arange(n, dtype=np.int32) if component is None else component.astype(np.int32)
-    return (
-        np.full(n, kind, np.int32), np.full(n, dim, np.int32), np.full(n, label, object),
-        comp, np.full(n, -1, np.int32), np.full(n, count, np.int64), values.astype(np.float64),
-    )
-
-
 @dataclass
 class GroupSummary:
     """One group after all tasks' partials are summed."""
@@ -209,49 +169,6 @@ class GroupSummary:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     moments: FilterMoments | None = None
-
-
-def assemble(
-    summed: dict[str, np.ndarray], bins: int, ref: np.ndarray
-) -> dict[tuple[int, str], GroupSummary]:
-    """Rebuild the groups from summed partial rows.
-
-    ``summed`` has the key columns ``kind, dim, grp, component, bin`` and, per key, the
-    sum of ``count`` (``count``), the sum of ``value`` (``total``) and its min/max
-    (``vmin``, ``vmax``), as Spark's ``groupBy(...).agg`` produces them.
-    """
-    kind = np.asarray(summed["kind"])
-    keys = list(zip(np.asarray(summed["dim"]).tolist(), np.asarray(summed["grp"]).tolist()))
-    out: dict[tuple[int, str], GroupSummary] = {}
-    moment_n: dict[tuple[int, str], int] = {}
-    flat: dict[tuple[int, str], np.ndarray] = {}
-    comp = np.asarray(summed["component"])
-    b = np.asarray(summed["bin"])
-    count = np.asarray(summed["count"])
-    for i in np.flatnonzero(kind == COUNT):
-        out[keys[i]] = GroupSummary(int(count[i]), np.zeros((N_WEIGHTS, bins), np.int64))
-    for i in np.flatnonzero(kind == HIST):
-        out[keys[i]].hist[comp[i], b[i]] += count[i]
-    for i in np.flatnonzero(kind == FINE):
-        g = out[keys[i]]
-        if g.fine is None:
-            g.fine = np.zeros((N_WEIGHTS, FINE_BINS), np.int64)
-        g.fine[comp[i], b[i]] += count[i]
-    for k, column, init in ((MIN, "vmin", np.inf), (MAX, "vmax", -np.inf)):
-        values = np.asarray(summed[column])
-        for i in np.flatnonzero(kind == k):
-            g = out[keys[i]]
-            attr = "lo" if k == MIN else "hi"
-            if getattr(g, attr) is None:
-                setattr(g, attr, np.full(N_WEIGHTS, init))
-            getattr(g, attr)[comp[i]] = values[i]
-    total = np.asarray(summed["total"])
-    for i in np.flatnonzero(kind == MOMENT):
-        flat.setdefault(keys[i], np.zeros(N_WEIGHTS + _N_PRODUCTS))[comp[i]] = total[i]
-        moment_n[keys[i]] = int(count[i])
-    for key, values in flat.items():
-        out[key].moments = FilterMoments.from_flat(moment_n[key], values[:N_WEIGHTS], values[N_WEIGHTS:], ref)
-    return out
 
 
 def quantiles_from_counts(counts: np.ndarray, lo: float, hi: float, qs: list[float]) -> np.ndarray:

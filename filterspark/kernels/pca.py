@@ -1,7 +1,7 @@
 """PCA of scaled 3x3 filters from mergeable moments (pure numpy, float64).
 
-The distributed job computes :class:`FilterMoments` per batch/partition (or as Spark SQL
-sums, see :meth:`FilterMoments.from_flat`), merges them, and finishes on the driver with
+The distributed job computes :class:`FilterMoments` per batch/partition, merges them, and
+finishes on the driver with
 :func:`pca_from_moments`. Coefficients are produced per batch with :func:`project`, whose
 result for a row does not depend on how rows were batched.
 
@@ -42,14 +42,6 @@ def scale_filters(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def upper_triangle_pairs(d: int = N_WEIGHTS) -> list[tuple[int, int]]:
-    """The 45 pairs ``(i, j)``, ``i <= j``, in row-major order (the ``from_flat`` order).
-
-    The Spark side builds ``sum((w_i - ref_i) * (w_j - ref_j))`` in exactly this order.
-    """
-    return [(i, j) for i in range(d) for j in range(i, d)]
-
-
 @dataclass
 class FilterMoments:
     """Mergeable first/second moments of filters about a reference point ``ref``.
@@ -74,33 +66,6 @@ class FilterMoments:
         """The empty (identity) element for :meth:`merge`."""
         r = np.zeros(N_WEIGHTS) if ref is None else ref
         return cls(0, np.zeros(N_WEIGHTS), np.zeros((N_WEIGHTS, N_WEIGHTS)), r)
-
-    @classmethod
-    def from_flat(
-        cls,
-        n: int,
-        sums9: np.ndarray,
-        products45: np.ndarray,
-        ref: np.ndarray | None = None,
-    ) -> "FilterMoments":
-        """Build from SQL aggregates: 9 sums and the 45 upper-triangle product sums.
-
-        ``products45[k] = Σ (w_i - ref_i)(w_j - ref_j)`` for ``(i, j) =
-        upper_triangle_pairs()[k]``. NULL sums (empty input) may be passed as NaN/None
-        only when ``n == 0``.
-        """
-        n = int(n)
-        s = np.asarray(sums9, dtype=np.float64).reshape(N_WEIGHTS)
-        p = np.asarray(products45, dtype=np.float64).reshape(-1)
-        if p.size != N_WEIGHTS * (N_WEIGHTS + 1) // 2:
-            raise ValueError(f"expected 45 products, got {p.size}")
-        if n == 0:
-            return cls.zeros(ref)
-        iu = np.triu_indices(N_WEIGHTS)  # row-major, i <= j: same order as the pairs
-        cross = np.zeros((N_WEIGHTS, N_WEIGHTS))
-        cross[iu] = p
-        cross.T[iu] = p
-        return cls(n, s, cross, np.zeros(N_WEIGHTS) if ref is None else ref)
 
     @property
     def mean(self) -> np.ndarray:

@@ -179,15 +179,6 @@ def shift_matrix(
     return rows
 
 
-def batch_range(coeffs: np.ndarray) -> tuple[float, float]:
-    """(min, max) over the finite values of a batch; ``(inf, -inf)`` when there are none."""
-    c = np.asarray(coeffs, dtype=np.float64)
-    c = c[np.isfinite(c)]
-    if c.size == 0:
-        return float("inf"), float("-inf")
-    return float(c.min()), float(c.max())
-
-
 def combine_ranges(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
     """The global (lo, hi) from per-batch or per-component (min, max) pairs.
 

@@ -21,7 +21,6 @@ Either way the filters commit is one transaction for all models of the run; then
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from filterspark.engine.runner import run_tasks
 from filterspark.errors import OptionsError
 from filterspark.kernels.balance import balanced_groups
 from filterspark.kernels.quality import QualityThresholds
+from filterspark.pipelines.model_rows import fingerprint
 from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
 from filterspark.sources.catalog import CatalogEntry
 
@@ -116,12 +116,6 @@ class ExtractReport:
             out.append(f"filters written by: {self.write}" + (f" ({self.write_reason})" if self.write_reason else ""))
         out += [f"  failed: {name}: {reason}" for name, reason in self.failures]
         return out
-
-
-def fingerprint(entry: CatalogEntry, checksum: str | None, settings_json: str) -> str:
-    """Identity of everything that determines a model's rows."""
-    material = "\n".join([checksum or "<no file>", entry.fingerprint_material(), settings_json])
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _checksum_task(_: int, pairs: list[tuple[str, str]]):
@@ -344,7 +338,7 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     known = existing_fingerprints(spark, tables["models"], [e.model_id for e in entries])
     todo = []
     for entry in entries:
-        fp = fingerprint(entry, checks[entry.name]["checksum"], settings)
+        fp = fingerprint(checks[entry.name]["checksum"] or "<no file>", entry.fingerprint_material(), settings)
         if options.force or known.get(entry.model_id) != fp:
             todo.append((entry, fp))
     report.skipped = len(entries) - len(todo)

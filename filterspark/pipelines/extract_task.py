@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from filterspark.delta.schemas import FILTER_METADATA, FILTERS, MODEL_QUALITY_FIELDS, arrow_schema
-from filterspark.kernels.quality import QualityThresholds, layer_quality, model_quality
+from filterspark.delta.schemas import FILTER_METADATA, FILTERS, arrow_schema
+from filterspark.kernels.quality import QualityThresholds, layer_quality
+from filterspark.pipelines.model_rows import layer_row, quality_rollup
 from filterspark.sources.catalog import CatalogEntry
 from filterspark.sources.loaders import load_model
 from filterspark.sources.loaders.base import ConvLayer, LoadError, LoadedModel
@@ -166,24 +167,11 @@ def failed_summary(entry: CatalogEntry, error: str, **fields) -> dict:
 def _layer_row(model_id: int, index: int, layer: ConvLayer, depth: tuple[int, float], quality) -> dict:
     out_ch, in_ch = _channels(layer)
     kh, kw = layer.kernel_shape or (None, None)
-    row = {
-        "model_id": model_id,
-        "layer_index": index,
-        "layer_name": layer.name,
-        "op": layer.op,
-        "conv_depth": depth[0],
-        "conv_depth_norm": depth[1],
-        "out_channels": out_ch,
-        "in_channels": in_ch,
-        "groups": layer.groups,
-        "kernel_h": kh,
-        "kernel_w": kw,
-        "n_filters": layer.n_kernels,
-        "dtype": layer.dtype_label,
-    }
-    if quality is not None:
-        row.update(quality.as_row())  # undefined (NaN) metrics -> NULL
-    return row
+    return layer_row(
+        model_id, index, layer_name=layer.name, op=layer.op, conv_depth=depth[0], conv_depth_norm=depth[1],
+        out_channels=out_ch, in_channels=in_ch, groups=layer.groups, kernel_h=kh, kernel_w=kw,
+        n_filters=layer.n_kernels, dtype=layer.dtype_label, quality=quality,
+    )
 
 
 def extract_model(
@@ -247,10 +235,7 @@ def extract_model(
         error=warning[:1000] if warning else None,
         extracted_at=datetime.now(timezone.utc),
     )
-    rollup = model_quality(list(quality_by_index.values()), thresholds)
-    for f in MODEL_QUALITY_FIELDS:
-        summary[f.name] = rollup.get(f.name)
-    summary["layers_3x3"] = rollup["n_layers_3x3"]
+    summary.update(quality_rollup(list(quality_by_index.values()), thresholds))
     if summary.get("worst_layer_index") is not None:
         # model_quality indexes its input list; map back to the model's layer_index.
         summary["worst_layer_index"] = list(quality_by_index)[summary["worst_layer_index"]]

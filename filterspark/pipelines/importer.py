@@ -23,11 +23,12 @@ from datetime import datetime, timezone
 from pyspark.sql import SparkSession
 
 from filterspark.delta.capabilities import set_job_description
-from filterspark.delta.schemas import FILTER_METADATA, MODEL_QUALITY_FIELDS
+from filterspark.delta.schemas import FILTER_METADATA
 from filterspark.delta.tables import ensure_tables, id_predicate
 from filterspark.delta.warehouse import WarehouseOptions, register_tables
 from filterspark.errors import OptionsError
-from filterspark.kernels.quality import LayerQuality, QualityThresholds, model_quality
+from filterspark.kernels.quality import LayerQuality, QualityThresholds
+from filterspark.pipelines.model_rows import fingerprint, layer_row, quality_rollup
 from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
 from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
 
@@ -89,12 +90,6 @@ class ImportReport:
         ]
         out += [f"  warning: {w}" for w in self.warnings]
         return out
-
-
-def fingerprint(model: ImportModel, settings_json: str) -> str:
-    """Identity of everything that determines a model's rows (skip test on re-runs)."""
-    material = "\n".join([FORMAT_NAME, model.name, model.fingerprint_material, settings_json])
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _unit_payload(layers: list[LayerRange], by_id: dict[int, ImportModel]) -> str:
@@ -159,28 +154,17 @@ def _import_task(path: str, thresholds: QualityThresholds):
 
 
 def _layer_row(layer: LayerRange, dtype: str, quality: dict) -> dict:
-    return {
-        "model_id": layer.model_id,
-        "layer_index": layer.layer_index,
-        "layer_name": f"filter_ids {layer.filter_ids}",
-        "op": None,  # the published file does not say (Conv or ConvTranspose)
-        "conv_depth": layer.conv_depth,
-        "conv_depth_norm": layer.conv_depth_norm,
-        "out_channels": None,
-        "in_channels": None,
-        "groups": None,
-        "kernel_h": 3,
-        "kernel_w": 3,
-        "n_filters": layer.n_filters,
-        "dtype": dtype,
-        **{k: v for k, v in LayerQuality(**quality).as_row().items() if k != "n_filters"},  # NaN -> NULL
-    }
+    return layer_row(
+        layer.model_id, layer.layer_index, layer_name=f"filter_ids {layer.filter_ids}",
+        op=None,  # the published file does not say (Conv or ConvTranspose)
+        conv_depth=layer.conv_depth, conv_depth_norm=layer.conv_depth_norm, out_channels=None, in_channels=None,
+        groups=None, kernel_h=3, kernel_w=3, n_filters=layer.n_filters, dtype=dtype, quality=LayerQuality(**quality),
+    )
 
 
 def _model_row(db: FilterDB, model: ImportModel, results: list[dict], fp: str, thresholds: QualityThresholds) -> dict:
     """The ``models`` row: published metadata, quality roll-up, content checksum."""
     qualities = [LayerQuality(**r["quality"]) for r in results]
-    rollup = model_quality(qualities, thresholds)
     checksum = hashlib.sha256("".join(r["sha256"] for r in results).encode()).hexdigest()
     row = {
         "model_id": model.model_id,
@@ -206,9 +190,7 @@ def _model_row(db: FilterDB, model: ImportModel, results: list[dict], fp: str, t
         "extracted_at": datetime.now(timezone.utc),
         "extraction_seconds": sum(r["seconds"] for r in results),
     }
-    for f in MODEL_QUALITY_FIELDS:
-        row[f.name] = rollup.get(f.name)
-    row["layers_3x3"] = rollup["n_layers_3x3"]
+    row.update(quality_rollup(qualities, thresholds))
     return row
 
 
@@ -240,7 +222,7 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
     tables = ensure_tables(spark, options.tables)
     settings = options.settings_json()
 
-    fps = {m.model_id: fingerprint(m, settings) for m in db.models}
+    fps = {m.model_id: fingerprint(FORMAT_NAME, m.name, m.fingerprint_material, settings) for m in db.models}
     known = existing_fingerprints(spark, tables["models"], list(fps))
     todo = [m for m in db.models if options.force or known.get(m.model_id) != fps[m.model_id]]
     report.skipped = len(db.models) - len(todo)
