@@ -9,6 +9,7 @@ import json
 import os
 from urllib.parse import unquote, urlparse
 
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 #: Delta table features a raw Parquet *read* cannot honour.
@@ -84,7 +85,7 @@ def referenced_files(spark: SparkSession, table, root: str) -> set[str] | None:
     references; None when the snapshot cannot be read."""
     try:
         uris = table.read(spark).inputFiles()
-    except Exception:  # noqa: BLE001 - cannot tell
+    except PySparkException:  # the snapshot cannot be read: cannot tell
         return None
     return {os.path.relpath(p, root) for p in (local_path(u) for u in uris) if p}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
 from filterspark.delta.capabilities import is_connect
@@ -176,7 +177,7 @@ def _write_operation(spark: SparkSession, partition_columns: list[str], predicat
         for i in range(3, arity):
             args[i] = getattr(companion, f"$lessinit$greater$default${i + 1}")()
         return constructor.newInstance(args)
-    except Exception:  # noqa: BLE001 - another Delta version: a plainer history entry
+    except (Py4JError, IndexError):  # another Delta version's constructor: a plainer history entry
         manual = _jvm_class(spark, "org.apache.spark.sql.delta.DeltaOperations$ManualUpdate$")
         return manual.getField("MODULE$").get(None)
 

@@ -233,5 +233,5 @@ def too_large_reason(file_size: int | None, limit: int | None, source: str) -> s
         f"checkpoint too large for the executor: {format_size(file_size)} > {format_size(limit)} "
         f"({source}); extraction needs about {PEAK_FACTOR:g}x the file plus "
         f"{format_size(PYTHON_WORKER_BYTES)} per Python worker, so give executors more memory "
-        f"or raise --max-model-bytes / {MAX_MODEL_BYTES_CONF}"
+        f"or raise max_model_bytes (--max-model-bytes) / {MAX_MODEL_BYTES_CONF}"
     )

@@ -2,6 +2,7 @@
 columns, and how the scans read the filters (files or a DataFrame)."""
 from __future__ import annotations
 
+from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType
@@ -83,7 +84,7 @@ def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFr
         try:
             joined = joined.where(F.expr(options.where))
             joined.schema  # resolve now: a bad predicate is the user's error
-        except Exception as err:  # noqa: BLE001 - AnalysisException / ParseException
+        except PySparkException as err:  # AnalysisException / ParseException: the user's predicate
             raise AnalyzeError(f"bad where predicate {options.where!r}: {str(err).splitlines()[0]}") from err
     return joined, models
 
@@ -95,7 +96,7 @@ def _is_model_level(models: DataFrame, where: str | None) -> bool:
     try:
         models.where(F.expr(where)).schema
         return True
-    except Exception:  # noqa: BLE001 - AnalysisException: a filter-level column
+    except PySparkException:  # AnalysisException: a filter-level column
         return False
 
 

@@ -145,7 +145,7 @@ def scan_moments(scan: FilterScan) -> FilterMoments:
     for m in scan.map(moments_task, "moments"):
         total = total.merge(m)
     if total.n == 0:
-        raise AnalyzeError("no filters in scope (no ok models, or --where matches nothing)")
+        raise AnalyzeError("no filters in scope (no ok models, or the where predicate matches nothing)")
     if total.n < 2:
         raise AnalyzeError(f"PCA needs at least 2 filters in scope, found {total.n}")
     return total
