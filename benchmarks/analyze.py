@@ -189,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force-in-memory", action="store_true", help="start the in-memory method even if it will not fit")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="2g")
+    p.add_argument("--connect", action="store_true",
+                   help="run ours on a Spark Connect session (a local server started with the same settings)")
     args = p.parse_args(argv)
     if not args.quick and args.data is None:
         p.error("--data is required (except with --quick)")
 
     print(common.machine_line())
-    spark = common.spark_session("bench-analyze", args.master, args.driver_memory, quick=args.quick)
+    spark = common.spark_session("bench-analyze", args.master, args.driver_memory, quick=args.quick, connect=args.connect)
     tmp = tempfile.TemporaryDirectory(prefix="fs-bench-analyze-") if args.data is None else None
     manifest = (make_filters.generate(spark, Path(tmp.name) / "data", 20_000) if tmp
                 else make_filters.load_manifest(args.data))
@@ -224,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     phases = getattr(report, "phases", None) or {}
     if phases:
         print("ours by phase (wall): " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
-    cores = max(1, spark.sparkContext.defaultParallelism)
+    from filterspark.delta.capabilities import default_parallelism
+
+    cores = max(1, default_parallelism(spark))
     print(f"ours: {n / mine.seconds / cores:,.0f} filters/s per core (wall), {n / mine.cpu:,.0f} filters per CPU-second")
     if not args.quick and not args.no_projection:
         where, n_small = subset_where(manifest)

@@ -20,16 +20,72 @@ BENCH_CONF = {
 }
 
 
-def spark_session(app: str, master: str = "local[2]", driver_memory: str = "2g", quick: bool = False):
-    """A session built by the project's one builder, with the benchmark's settings."""
+class LocalConnectServer:
+    """A Spark Connect server started for one benchmark run (same master, memory and
+    settings as the classic session would get); its JVM tree is the one measured."""
+
+    def __init__(self, master: str, conf: dict[str, str]) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.master, self.conf = master, conf
+        self.url = f"sc://127.0.0.1:{self.port}"
+        self.popen = None
+
+    def start(self, timeout: float = 300) -> "LocalConnectServer":
+        import socket
+        import subprocess
+
+        from filterspark.engine.session import LOCAL_DEFAULTS, connect_server_command
+
+        conf = {**LOCAL_DEFAULTS, **self.conf}
+        log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-connect-{self.port}.log", "wb")
+        self.popen = subprocess.Popen(connect_server_command(self.port, "127.0.0.1", self.master, conf),
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"the Connect server exited ({self.popen.returncode}); see {log.name}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"no Connect server on port {self.port} after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout=30)
+
+
+#: The Connect server of this benchmark process, if it runs on one (``--connect``).
+SERVER: LocalConnectServer | None = None
+
+
+def spark_session(app: str, master: str = "local[2]", driver_memory: str = "2g", quick: bool = False,
+                  connect: bool = False):
+    """A session built by the project's one builder, with the benchmark's settings; with
+    ``connect`` a Spark Connect session to a local server started with the same settings."""
+    global SERVER
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    import atexit
+
     from filterspark.engine.session import build_session
 
     conf = {**BENCH_CONF, "spark.driver.memory": driver_memory}
     if quick:
         conf.update({"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"})
+    if connect:
+        SERVER = LocalConnectServer(master, conf).start()
+        atexit.register(SERVER.stop)
+        return build_session(app_name=app, remote=SERVER.url)
     return build_session(app_name=app, master=master, conf=conf)
 
 
@@ -41,7 +97,9 @@ def warm(spark, warehouse: str, database: str, parquet: str | None) -> None:
     from filterspark.delta.schemas import WEIGHT_COLUMNS
     from filterspark.delta.warehouse import table_path
 
-    spark.sparkContext.setJobDescription("benchmark: warm-up scan")
+    from filterspark.delta.capabilities import set_job_description
+
+    set_job_description(spark, "benchmark: warm-up scan")
     spark.read.format("delta").load(table_path(warehouse, database, "filters")).agg(
         *[F.sum(c) for c in WEIGHT_COLUMNS]
     ).collect()
@@ -154,6 +212,10 @@ class SparkProcesses:
 
     @classmethod
     def of(cls, spark) -> "SparkProcesses":
+        from filterspark.delta.capabilities import is_connect, session_conf
+
+        if is_connect(spark):  # the local Connect server's JVM tree (it runs the work)
+            return cls(SERVER.popen.pid if SERVER else None, session_conf(spark).get("spark.driver.memory", "1g"))
         proc = getattr(spark.sparkContext._gateway, "proc", None)
         conf = spark.sparkContext.getConf()
         return cls(proc.pid if proc is not None else None, conf.get("spark.driver.memory", "1g"))

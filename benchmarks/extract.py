@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs per contender; the best time counts")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="2g")
+    p.add_argument("--connect", action="store_true",
+                   help="run ours on a Spark Connect session (a local server started with the same settings)")
     p.add_argument("--quick", action="store_true", help="3 checkpoints of ~1 MB in a temporary directory; checks only")
     args = p.parse_args(argv)
     if args.quick:
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in entries:  # page cache: both contenders read the files warm
         Path(e.path).read_bytes()
 
-    spark = common.spark_session("bench-extract", args.master, args.driver_memory, quick=args.quick)
+    spark = common.spark_session("bench-extract", args.master, args.driver_memory, quick=args.quick, connect=args.connect)
     procs = common.SparkProcesses.of(spark)
     warehouse, floor_out = work / "warehouse", work / "floor"
 

@@ -120,6 +120,17 @@ class ProcGroup:
             proc.stop()
 
 
+#: Settings of every Spark application the tests start.
+SUBMIT_DEFAULTS = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.pyspark.python": sys.executable,
+    "spark.pyspark.driver.python": sys.executable,
+    "spark.sql.shuffle.partitions": "2",
+    "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.driver.memory": "768m",
+}
+
+
 def submit_cmd(master: str, app: str | Path, app_args: list[str], conf: dict[str, str], properties_file: Path | None = None) -> list[str]:
     """A ``spark-submit`` command line with Delta's package and the given settings."""
     from filterspark.engine.session import delta_maven_coordinate
@@ -127,15 +138,7 @@ def submit_cmd(master: str, app: str | Path, app_args: list[str], conf: dict[str
     cmd = [spark_bin("spark-submit"), "--master", master, "--packages", delta_maven_coordinate()]
     if properties_file:
         cmd += ["--properties-file", str(properties_file)]
-    defaults = {
-        "spark.ui.showConsoleProgress": "false",
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
-        "spark.sql.shuffle.partitions": "2",
-        "spark.databricks.delta.snapshotPartitions": "1",
-        "spark.driver.memory": "768m",
-    }
-    for key, value in {**defaults, **conf}.items():
+    for key, value in {**SUBMIT_DEFAULTS, **conf}.items():
         cmd += ["--conf", f"{key}={value}"]
     return cmd + [str(app), *app_args]
 
@@ -241,9 +244,6 @@ def executor_pids(app_id: str) -> dict[str, int]:
     return pids
 
 
-CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-
-
 class ConnectServer:
     """A Spark Connect server (pip's pyspark ships it) on 127.0.0.1, started through
     spark-submit with Delta's package, as its own Spark application on ``master``."""
@@ -262,18 +262,11 @@ class ConnectServer:
         self.started_in = 0.0
 
     def start(self, timeout: float = 300) -> "ConnectServer":
-        from filterspark.engine.session import DELTA_SETTINGS
+        from filterspark.engine.session import connect_server_command
 
         t0 = time.monotonic()
-        conf = {
-            **DELTA_SETTINGS,
-            "spark.driver.memory": "1g",
-            "spark.connect.grpc.binding.address": "127.0.0.1",
-            "spark.connect.grpc.binding.port": str(self.port),
-            **self.conf,
-        }
-        cmd = submit_cmd(self.master, "spark-internal", [], conf, self.properties_file)
-        cmd[1:1] = ["--class", CONNECT_SERVER_CLASS]
+        conf = {**SUBMIT_DEFAULTS, "spark.driver.memory": "1g", **self.conf}
+        cmd = connect_server_command(self.port, "127.0.0.1", self.master, conf, self.properties_file)
         env = self.env or spark_env(self.root / "spark-conf")
         self.proc = self.procs.start("connect-server", cmd, self.root / "connect-server.log", env)
         wait_for(self._listening, timeout, f"the Spark Connect server on port {self.port}")

@@ -116,6 +116,37 @@ def configure_builder(
     return builder
 
 
+#: The Spark Connect server's main class (pip's pyspark ships it).
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+def connect_server_command(
+    port: int,
+    host: str = "127.0.0.1",
+    master: str = "local[*]",
+    conf: Mapping[str, str] | None = None,
+    properties_file: str | None = None,
+) -> list[str]:
+    """The ``spark-submit`` command line of a Spark Connect server with Delta configured
+    (its JARs by Maven coordinate, the SQL extension and catalog), bound to ``host:port``.
+    ``conf`` is added last (it wins); clients then connect to ``sc://host:port``."""
+    spark_submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    command = [spark_submit if os.path.exists(spark_submit) else "spark-submit", "--class", CONNECT_SERVER_CLASS,
+               "--master", master, "--packages", delta_maven_coordinate()]
+    if properties_file:
+        command += ["--properties-file", str(properties_file)]
+    settings = {
+        **DELTA_SETTINGS,
+        "spark.connect.grpc.binding.address": host,
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.pyspark.python": sys.executable,
+        **(conf or {}),
+    }
+    for key, value in settings.items():
+        command += ["--conf", f"{key}={value}"]
+    return command + ["spark-internal"]
+
+
 def build_session(
     app_name: str = "filterspark",
     warehouse: str | None = None,

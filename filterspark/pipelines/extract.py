@@ -376,7 +376,9 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     if report.write == "files":
         extracted = _write_filters_as_files(spark, groups, profile, options, root, tables["filters"], ids, phase)
     else:
-        extracted = stream_filters(spark, groups, _streaming_task(options.thresholds), tables["filters"], predicate, profile)
+        writers = 1 + max(len(json.loads(g)) for g in groups)  # the most models (partitions) of a task
+        extracted = stream_filters(spark, groups, _streaming_task(options.thresholds), tables["filters"], predicate,
+                                   profile, concurrent_writers=writers)
     phase("commit filters" if report.write == "files" else "extract", "write layers")
 
     # A retried write (conflict or lost executor) re-runs tasks: keep one result per model.
