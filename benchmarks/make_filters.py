@@ -230,7 +230,8 @@ def generate(spark, out: Path, n: int, n_models: int | None = None, seed: int = 
     from pyspark import cloudpickle
 
     from filterspark.delta.schemas import FILTERS, LAYERS, MODELS
-    from filterspark.delta.warehouse import DEFAULT_DATABASE, register_tables
+    from filterspark.delta.warehouse import DEFAULT_DATABASE
+    from filterspark.delta.registry import register_tables
     from filterspark.delta.tables import ensure_table, rows_frame
 
     if __name__ != "__main__":  # imported by another script: tasks need no benchmarks/ on their path
@@ -322,7 +323,8 @@ def replicate(spark, source: dict, out: Path, copies: int, workers: int = 2) -> 
     from pyspark.sql import functions as F
 
     from filterspark.delta.schemas import FILTERS_PARTITION_COLUMNS, LAYERS, MODELS
-    from filterspark.delta.warehouse import DEFAULT_DATABASE, register_tables, table_path
+    from filterspark.delta.warehouse import DEFAULT_DATABASE, table_path
+    from filterspark.delta.registry import register_tables
     from filterspark.delta.tables import ensure_table
 
     if not 1 <= copies <= 16:

@@ -25,7 +25,7 @@ _API = {
     "build_session": "filterspark.engine.session",
     "configure_builder": "filterspark.engine.session",
     "Warehouse": "filterspark.delta.warehouse",
-    "register_tables": "filterspark.delta.warehouse",
+    "register_tables": "filterspark.delta.registry",
     # sources
     "CatalogEntry": "filterspark.sources.catalog",
     "read_catalog": "filterspark.sources.catalog",

@@ -54,7 +54,7 @@ def demo_warehouse(spark, demo_zoo, tmp_path_factory):
 @pytest.fixture
 def use_warehouse(spark):
     """Point the session's ``filterdb`` tables at a warehouse (tests share one session)."""
-    from filterspark.delta.warehouse import register_tables
+    from filterspark.delta.registry import register_tables
 
     def _use(warehouse: str, database: str = "filterdb") -> None:
         register_tables(spark, warehouse, database)
@@ -69,7 +69,7 @@ def analyzed_warehouse(spark, demo_warehouse, tmp_path_factory):
     import shutil
 
     from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
-    from filterspark.delta.warehouse import register_tables
+    from filterspark.delta.registry import register_tables
 
     warehouse = str(tmp_path_factory.mktemp("analyzed") / "warehouse")
     shutil.copytree(demo_warehouse["warehouse"], warehouse)

@@ -18,7 +18,7 @@ from scipy.stats import entropy
 from sklearn.decomposition import PCA
 
 from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
-from filterspark.delta.warehouse import register_tables
+from filterspark.delta.registry import register_tables
 from filterspark.delta.warehouse import table_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ DEMO_DIMS = ["task", "visual_category", "training_dataset", "family", "depth_dec
 @pytest.fixture(scope="module")
 def demo_analysis(spark, demo_warehouse, tmp_path_factory):
     """The demo warehouse copied (other tests' view of it stays untouched), then analysed."""
-    from filterspark.delta.warehouse import register_tables
+    from filterspark.delta.registry import register_tables
 
     warehouse = str(tmp_path_factory.mktemp("analysis") / "warehouse")
     shutil.copytree(demo_warehouse["warehouse"], warehouse)
@@ -257,7 +257,7 @@ def write_synthetic(spark, warehouse: str, per_layer: int = 400) -> None:
     """models + filters through the project's schemas: 8 ok models, one failed model whose
     filters must be ignored, one NaN filter, an all-zero filter, a NULL depth."""
     from filterspark.delta.schemas import FILTERS, MODELS, arrow_schema
-    from filterspark.delta.warehouse import register_tables
+    from filterspark.delta.registry import register_tables
     from filterspark.delta.tables import ensure_tables, rows_frame
 
     import pyarrow as pa

@@ -101,3 +101,19 @@ def test_every_notebook_runs_over_connect(connect_warehouse, connect_server, dem
         assert "0 extracted" in out  # the same catalog: every model unchanged
     if notebook.stem == "05_figures":
         assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_import_filterdb_over_connect_equals_classic(spark, connect_server, tmp_path):
+    """The dataset.h5 import over Connect (its per-layer results ride beside the streamed
+    rows through an Observation) writes the same tables as on the classic session."""
+    from test_import_filterdb import _import, write_filterdb
+
+    path = tmp_path / "dataset.h5"
+    write_filterdb(path)
+    classic, remote = tmp_path / "classic", tmp_path / "remote"
+    _import(spark, path, classic, rows_per_task=150)
+    out = connect(connect_server, "import-filterdb", "--h5", str(path), "--warehouse", str(remote),
+                  "--rows-per-task", "150")
+    assert "imported" in out
+    counts = assert_same_tables(spark, str(classic), str(remote))
+    assert counts["filters"] > 0 and counts["layers"] > 0

@@ -334,7 +334,7 @@ def test_tables_registered_by_name_and_sql_cli(spark, extracted, capsys):
 
 def test_registering_another_warehouse_drops_names_it_lacks(spark, extracted, tmp_path):
     """Names left from a previously registered warehouse must not answer for the next one."""
-    from filterspark.delta.warehouse import register_tables
+    from filterspark.delta.registry import register_tables
     from filterspark.delta.tables import ensure_table
 
     other = str(tmp_path / "other")

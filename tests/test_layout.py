@@ -106,3 +106,42 @@ def test_one_error_base_class():
                 if not issubclass(value, errors.FilterSparkError):
                     outside.append(f"{module.__name__}.{value.__name__}")
     assert not outside, outside
+
+
+def test_no_import_cycles_not_even_through_function_level_imports():
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        modules[".".join(["filterspark", *rel.parts]).removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for imported, _ in _imports(path):
+            candidates = [imported, *(f"{imported}.{a}" for a in _imported_names(path, imported))]
+            deps |= {c for c in candidates if c in modules and c != name}
+        graph[name] = deps
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join(trail[trail.index(dep):] + [dep]) if dep in trail else f"{node} -> {dep}")
+            elif dep not in state:
+                visit(dep, trail + [dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)
+
+
+def _imported_names(path: Path, module: str) -> list[str]:
+    """The names ``from module import a, b`` takes (they may be submodules)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and module.endswith(node.module):
+            names += [a.name for a in node.names]
+    return names

@@ -12,7 +12,7 @@ from PIL import Image
 
 from filterspark.cli import main
 from filterspark.outputs.notebooks import NotebookError, parse_notebook, run_notebook, split_sql
-from filterspark.delta.warehouse import register_tables
+from filterspark.delta.registry import register_tables
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))

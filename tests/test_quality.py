@@ -32,7 +32,7 @@ def _nan(v) -> float:
 def zoo(spark, demo_warehouse) -> dict:
     """The extracted demo zoo as pandas frames: 3x3 layers (with model name and variant),
     models, and each 3x3 layer's n x 9 weights rebuilt from ``filters``."""
-    from filterspark.delta.warehouse import register_tables
+    from filterspark.delta.registry import register_tables
 
     wh, db = demo_warehouse["warehouse"], demo_warehouse["database"]
     register_tables(spark, wh, db)

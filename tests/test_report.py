@@ -22,7 +22,7 @@ from PIL import Image
 
 from filterspark.outputs import plots
 from filterspark.outputs import report_data as rd
-from filterspark.delta.warehouse import register_tables
+from filterspark.delta.registry import register_tables
 
 DEPTH = ["[0.0,0.1]"] + [f"({k / 10:.1f},{(k + 1) / 10:.1f}]" for k in range(1, 10)]
 CHROMIUM_FLAGS = [

@@ -13,7 +13,8 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
-from filterspark.demo import zoo, zoo_models
+from filterspark.demo import models as zoo_models
+from filterspark.demo import zoo
 from filterspark.demo.zoo import CATALOG_COLUMNS, build_demo_zoo
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

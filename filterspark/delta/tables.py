@@ -17,10 +17,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from filterspark.delta import jvm
+from filterspark.delta.registry import register_tables
 from filterspark.delta.schemas import ALL_TABLES, PARTITION_COLUMNS, TABLES
-from filterspark.delta.warehouse import (
-    DEFAULT_DATABASE, TableRef, Warehouse, as_warehouse, id_predicate, quote, register_tables,
-)
+from filterspark.delta.warehouse import DEFAULT_DATABASE, TableRef, Warehouse, as_warehouse, id_predicate, quote
 from filterspark.errors import TableBeingCreated
 
 __all__ = [

@@ -10,7 +10,8 @@ Two modes:
   locally). They are created with ``CREATE TABLE`` and found by name: nothing to register.
 
 :meth:`Warehouse.table` resolves every table of either mode to a :class:`TableRef`, which
-is what the rest of the code reads, writes and names in SQL.
+is what the rest of the code reads, writes and names in SQL; :mod:`.registry` names the
+tables in a session.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
-from filterspark.delta.capabilities import session_key
 from filterspark.errors import OptionsError
 
 DEFAULT_DATABASE = "filterdb"
@@ -162,115 +162,3 @@ def as_warehouse(warehouse: "Warehouse | str", database: str = DEFAULT_DATABASE,
     if isinstance(warehouse, Warehouse):
         return warehouse
     return Warehouse(os.fspath(warehouse) if warehouse else DEFAULT_WAREHOUSE, database, catalog)
-
-
-#: (Spark session id, schema) → the warehouse URI its names were last registered for.
-_REGISTERED: dict[tuple[str, str], str] = {}
-
-
-def registered_warehouse(spark: SparkSession, database: str = DEFAULT_DATABASE) -> str | None:
-    """The warehouse (URI) whose tables :func:`register_tables` last named in ``database``
-    in this session, or None."""
-    return _REGISTERED.get((session_key(spark), quote(database)))
-
-
-def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database: str = DEFAULT_DATABASE) -> list[str]:
-    """Name every project table of the warehouse in the session's catalog and define the
-    ``<table>_latest`` views; returns the tables found.
-
-    Path mode registers each Delta table under ``<warehouse>/<database>.db`` as the
-    external table ``database.table`` (re-pointing names another warehouse registered,
-    dropping names whose tables this warehouse lacks; their data is never touched).
-    Catalog mode makes the catalog the session's current one and only (re)defines the
-    views: managed tables are named already.
-    """
-    from filterspark.delta import jvm
-    from filterspark.delta.files import local_path
-    from filterspark.delta.schemas import ALL_TABLES
-
-    wh = as_warehouse(warehouse, database)
-    if wh.managed:
-        # The catalog becomes the session's current one (USE CATALOG), so that the
-        # two-part names users and the reports write (filterdb.models) mean its tables.
-        if spark.catalog.currentCatalog() != wh.catalog:
-            spark.catalog.setCurrentCatalog(wh.catalog)
-        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {wh.schema_sql}")
-        names = _managed_tables(spark, wh)
-        _register_views(spark, wh, names)
-        return names
-    db_location = f"{wh.uri}/{wh.database}.db"
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {quote(wh.database)} LOCATION '{db_location}'")
-    root = local_path(db_location)
-    if root is not None:
-        names = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
-                       if os.path.isdir(os.path.join(root, n, "_delta_log")))
-    elif jvm.unavailable_reason(spark) is None:
-        names = jvm.list_table_dirs(spark, db_location)
-    else:  # a remote file system seen through Connect: look for the project's tables
-        names = [n for n in ALL_TABLES if _is_delta_table(spark, f"{db_location}/{n}")]
-    for name in names:
-        location = f"{db_location}/{name}"
-        qualified = wh.name(name)
-        current = _registered_location(spark, wh, name)
-        if current is not None and not same_location(current, location):
-            # Registered for another warehouse earlier in this session: re-point it. The
-            # table is external (LOCATION), so dropping the registration keeps its data.
-            spark.sql(f"DROP TABLE {qualified}")
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
-    _drop_stale_names(spark, wh, db_location, names)
-    _register_views(spark, wh, names)
-    _REGISTERED[(session_key(spark), wh.schema_sql)] = wh.uri
-    return names
-
-
-def _managed_tables(spark: SparkSession, wh: Warehouse) -> list[str]:
-    from filterspark.delta.schemas import ALL_TABLES
-
-    rows = spark.sql(f"SHOW TABLES IN {wh.schema_sql}").collect()
-    return sorted(r["tableName"] for r in rows if not r["isTemporary"] and r["tableName"] in ALL_TABLES)
-
-
-def _is_delta_table(spark: SparkSession, location: str) -> bool:
-    """Whether a Delta table is at ``location`` (asked through SQL: works on Connect)."""
-    from pyspark.errors import AnalysisException
-
-    try:
-        spark.sql(f"DESCRIBE DETAIL delta.{quote(location)}").collect()
-        return True
-    except AnalysisException:
-        return False
-
-
-def _drop_stale_names(spark: SparkSession, wh: Warehouse, db_location: str, names: list[str]) -> None:
-    """Unregister the external tables of the database that point outside ``db_location``
-    and have no table there: names left from another warehouse (a reused session, or a
-    persistent metastore) must not answer for this one. Their data is kept."""
-    for table in spark.catalog.listTables(wh.database):
-        if table.isTemporary or table.tableType != "EXTERNAL" or table.name in names:
-            continue
-        location = _registered_location(spark, wh, table.name)
-        if location is not None and not same_location(location.rsplit("/", 1)[0], db_location):
-            spark.sql(f"DROP TABLE {wh.name(table.name)}")
-
-
-def _register_views(spark: SparkSession, wh: Warehouse, tables: list[str]) -> None:
-    """Create the views of ``schemas.VIEWS`` whose tables exist (views are session-scoped
-    without a metastore, so every session defines them again; a no-op change with one),
-    and drop those whose tables do not."""
-    from filterspark.delta.schemas import VIEWS
-
-    for view, (query, needs) in VIEWS.items():
-        if all(t in tables for t in needs):
-            spark.sql(f"CREATE OR REPLACE VIEW {wh.name(view)} AS {query.format(db=wh.schema_sql)}")
-        else:
-            spark.sql(f"DROP VIEW IF EXISTS {wh.name(view)}")
-
-
-def _registered_location(spark: SparkSession, wh: Warehouse, name: str) -> str | None:
-    """Location of ``database.name`` in this session's catalog, or None if not registered."""
-    if not spark.catalog.tableExists(f"{wh.database}.{name}"):
-        return None
-    for row in spark.sql(f"DESCRIBE TABLE EXTENDED {wh.name(name)}").collect():
-        if row[0] == "Location":
-            return row[1]
-    return None

@@ -21,7 +21,8 @@ from typing import Mapping
 
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import set_log_level
-from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, register_tables, warehouse_uri
+from filterspark.delta.registry import register_tables
+from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, warehouse_uri
 from filterspark.engine.resources import is_local_master
 from filterspark.errors import OptionsError, SessionError
 

@@ -23,7 +23,8 @@ import pandas as pd
 from PIL import Image
 from matplotlib.figure import Figure
 
-from filterspark.delta.warehouse import WarehouseOptions, register_tables
+from filterspark.delta.registry import register_tables
+from filterspark.delta.warehouse import WarehouseOptions
 from filterspark.errors import ReportError
 from filterspark.outputs import plots
 from filterspark.outputs import report_data as rd

@@ -33,9 +33,10 @@ from pyspark.sql import SparkSession
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import default_parallelism, session_conf
 from filterspark.delta.files import discard_unreferenced, file_write_blockers, local_path
+from filterspark.delta.registry import register_tables
 from filterspark.delta.schemas import FILTERS_PARTITION_COLUMNS
 from filterspark.delta.tables import ensure_tables, id_predicate, table_detail, with_conflict_retry
-from filterspark.delta.warehouse import TableRef, WarehouseOptions, register_tables
+from filterspark.delta.warehouse import TableRef, WarehouseOptions
 from filterspark.engine.phases import Phases
 from filterspark.engine.resources import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
 from filterspark.engine.runner import run_tasks

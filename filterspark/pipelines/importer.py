@@ -22,9 +22,10 @@ from datetime import datetime, timezone
 from pyspark.sql import SparkSession
 
 from filterspark.delta.capabilities import set_job_description
+from filterspark.delta.registry import register_tables
 from filterspark.delta.schemas import FILTER_METADATA
 from filterspark.delta.tables import ensure_tables, id_predicate
-from filterspark.delta.warehouse import WarehouseOptions, register_tables
+from filterspark.delta.warehouse import WarehouseOptions
 from filterspark.errors import OptionsError
 from filterspark.kernels.quality import LayerQuality, QualityThresholds
 from filterspark.pipelines.model_rows import fingerprint, layer_row, quality_rollup

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import DataFrame, SparkSession
 
+from filterspark.delta.registry import register_tables, registered_warehouse
 from filterspark.delta.schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS
 from filterspark.delta.tables import append_rows, ensure_table, rows_frame
-from filterspark.delta.warehouse import register_tables, registered_warehouse
 from filterspark.engine.phases import Phases
 from filterspark.kernels import coefficients as co
 from filterspark.kernels.pca import pca_from_moments, provisional_reference

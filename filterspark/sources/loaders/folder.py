@@ -203,10 +203,10 @@ def load_folder(path: str, device: torch.device, allow_pickle: bool = False) -> 
         meta["weights"] = f"{files[0]} ({len(shards)} shards)"
         meta["weights_format"] = base
         return LoadedModel("huggingface", layers, producer, metadata=meta)
-    from . import load_model
+    from .files import load_file, normalize_format
 
-    inner = load_model(os.path.join(path, files[0]), None if kind == "file" else kind,
-                       device=device, allow_pickle=allow_pickle)
+    inner = load_file(os.path.join(path, files[0]), None if kind == "file" else normalize_format(kind),
+                      device, allow_pickle)
     meta["weights"] = files[0]
     meta["weights_format"] = inner.format
     return LoadedModel("huggingface", inner.layers, producer or inner.producer, inner.opset,
