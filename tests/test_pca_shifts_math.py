@@ -321,7 +321,7 @@ def _group_hists(groups: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
             m = m + moments(x[s])
     basis = pca_from_moments(m)
     coeffs = {k: project(x, basis) for k, x in scaled_g.items()}
-    lo, hi = combine_ranges(batch_range(c) for c in coeffs.values())
+    lo, hi = combine_ranges((float(c.min()), float(c.max())) for c in coeffs.values())
     hists = {k: normalised_histogram(histogram_counts_2d(c, lo, hi), lo, hi) for k, c in coeffs.items()}
     return hists, basis.explained_variance_ratio
 

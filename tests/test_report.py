@@ -23,6 +23,7 @@ from PIL import Image
 from filterspark.outputs import plots
 from filterspark.outputs import report_data as rd
 from filterspark.delta.registry import register_tables
+from filterspark.delta.warehouse import Warehouse
 
 DEPTH = ["[0.0,0.1]"] + [f"({k / 10:.1f},{(k + 1) / 10:.1f}]" for k in range(1, 10)]
 CHROMIUM_FLAGS = [
@@ -161,7 +162,7 @@ def test_ridge_plot_lines_are_the_histograms(spark, tables):
 def test_coefficient_density_is_computed_in_spark_and_matches_the_histograms(spark, tables):
     warehouse, run = tables
     basis = sql(spark, "SELECT * FROM filterdb.pca_basis WHERE run_id = {r}", r=run["run_id"])
-    cells = rd.coefficient_pair_histogram(spark, warehouse, "filterdb", run, rd.basis_from_frame(basis))
+    cells = rd.coefficient_pair_histogram(spark, Warehouse(warehouse), run, rd.basis_from_frame(basis))
     bins = run["bins"]
     assert len(cells) < bins * bins and cells["count"].min() > 0  # only non-empty cells travel
     assert cells["count"].sum() == run["n_filters"]
