@@ -15,6 +15,7 @@
 
 dbutils.widgets.text("warehouse", "warehouse", "Warehouse (path or URI)")
 dbutils.widgets.text("database", "filterdb", "Database")
+dbutils.widgets.text("catalog_name", "", "Catalog (catalog mode, e.g. main; empty: Delta paths under the warehouse)")
 dbutils.widgets.text("catalog", "", "Model catalog (empty: the demo zoo)")
 dbutils.widgets.text("zoo_dir", "demo_zoo", "Where the demo zoo is built")
 
@@ -24,9 +25,10 @@ from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
+catalog_name = dbutils.widgets.get("catalog_name") or None  # Unity Catalog: tables catalog.database.table
 # On Databricks (and under the local runner) this reuses the running session and
 # registers the warehouse's tables as <database>.<table>.
-spark = build_session(app_name="filterspark-extract", warehouse=warehouse, database=database)
+spark = build_session(app_name="filterspark-extract", warehouse=warehouse, database=database, catalog=catalog_name)
 
 # COMMAND ----------
 
@@ -49,7 +51,7 @@ print(f"{len(entries)} models in {catalog}")
 # DBTITLE 1,Extract
 from filterspark.pipelines.extract import ExtractOptions, run_extraction
 
-report = run_extraction(spark, entries, ExtractOptions(warehouse=warehouse, database=database))
+report = run_extraction(spark, entries, ExtractOptions(warehouse=warehouse, database=database, catalog_name=catalog_name))
 print("\n".join(report.lines()))
 
 # COMMAND ----------

@@ -11,6 +11,7 @@
 
 dbutils.widgets.text("warehouse", "warehouse", "Warehouse (path or URI)")
 dbutils.widgets.text("database", "filterdb", "Database")
+dbutils.widgets.text("catalog_name", "", "Catalog (catalog mode, e.g. main; empty: Delta paths under the warehouse)")
 dbutils.widgets.text("by", "", "Dimensions, comma-separated (empty: the defaults that exist)")
 dbutils.widgets.text("where", "", "Scope: SQL predicate over filter and model columns (empty: all)")
 
@@ -20,7 +21,8 @@ from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
-spark = build_session(app_name="filterspark-analyze", warehouse=warehouse, database=database)
+catalog_name = dbutils.widgets.get("catalog_name") or None  # Unity Catalog: tables catalog.database.table
+spark = build_session(app_name="filterspark-analyze", warehouse=warehouse, database=database, catalog=catalog_name)
 
 # COMMAND ----------
 
@@ -29,7 +31,7 @@ from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 
 by = tuple(d.strip() for d in dbutils.widgets.get("by").split(",") if d.strip()) or None
 where = dbutils.widgets.get("where") or None
-result = run_analysis(spark, AnalyzeOptions(warehouse=warehouse, database=database, by=by, where=where))
+result = run_analysis(spark, AnalyzeOptions(warehouse=warehouse, database=database, catalog_name=catalog_name, by=by, where=where))
 print("\n".join(result.lines()))
 
 # COMMAND ----------

@@ -11,6 +11,7 @@
 
 dbutils.widgets.text("warehouse", "warehouse", "Warehouse (path or URI)")
 dbutils.widgets.text("database", "filterdb", "Database")
+dbutils.widgets.text("catalog_name", "", "Catalog (catalog mode, e.g. main; empty: Delta paths under the warehouse)")
 dbutils.widgets.text("dimension", "visual_category", "Dimension of the heatmap")
 
 # COMMAND ----------
@@ -19,7 +20,8 @@ from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
-spark = build_session(app_name="filterspark-shifts", warehouse=warehouse, database=database)
+catalog_name = dbutils.widgets.get("catalog_name") or None  # Unity Catalog: tables catalog.database.table
+spark = build_session(app_name="filterspark-shifts", warehouse=warehouse, database=database, catalog=catalog_name)
 
 # COMMAND ----------
 

@@ -12,6 +12,7 @@
 
 dbutils.widgets.text("warehouse", "warehouse", "Warehouse (path or URI)")
 dbutils.widgets.text("database", "filterdb", "Database")
+dbutils.widgets.text("catalog_name", "", "Catalog (catalog mode, e.g. main; empty: Delta paths under the warehouse)")
 dbutils.widgets.text("run_id", "", "Analysis run (empty: the latest of scope 'all')")
 dbutils.widgets.text("report_out", "", "Also write the HTML report to this local or /dbfs/ directory (empty: no report)")
 
@@ -21,7 +22,8 @@ from filterspark import build_session
 
 warehouse = dbutils.widgets.get("warehouse")
 database = dbutils.widgets.get("database")
-spark = build_session(app_name="filterspark-figures", warehouse=warehouse, database=database)
+catalog_name = dbutils.widgets.get("catalog_name") or None  # Unity Catalog: tables catalog.database.table
+spark = build_session(app_name="filterspark-figures", warehouse=warehouse, database=database, catalog=catalog_name)
 
 # COMMAND ----------
 
@@ -44,7 +46,7 @@ print("no analysis run: only the quality figures" if run is None else
 from filterspark.outputs.report import ReportOptions, build_figures, build_report
 
 report_out = dbutils.widgets.get("report_out")
-options = ReportOptions(warehouse=warehouse, out=report_out or "report", database=database,
+options = ReportOptions(warehouse=warehouse, out=report_out or "report", database=database, catalog_name=catalog_name,
                         run_id=dbutils.widgets.get("run_id") or None)
 
 

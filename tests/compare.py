@@ -12,6 +12,7 @@ def tables_root(warehouse: str) -> str:
     warehouse, or the directory itself when it holds them (a catalog-mode schema's location)."""
     return warehouse if os.path.isdir(os.path.join(warehouse, "models", "_delta_log")) else f"{warehouse}/filterdb.db"
 
+
 VOLATILE = {"models": ["device", "device_note", "extracted_at", "extraction_seconds"], "layers": [], "filters": []}
 
 

@@ -347,6 +347,10 @@ CLUSTER_APP_CONF = {
 }
 
 
+GPU_APP_CONF = {**CLUSTER_APP_CONF, "spark.executor.cores": "2", "spark.executor.resource.gpu.amount": "2",
+                "spark.executor.resource.gpu.discoveryScript": str(CONF / "getGpusResources.sh")}
+
+
 @pytest.mark.cluster
 def test_gpu_cluster_tables_equal_local_and_devices_recorded(spark, standalone, demo_warehouse, tmp_path):
     """conf/gpu-cluster.conf on a standalone cluster with fake GPUs: each executor has
@@ -373,10 +377,6 @@ def test_gpu_cluster_tables_equal_local_and_devices_recorded(spark, standalone, 
     _assert_one_gpu_per_task(warehouse, spark)
     executor_logs = "".join(p.read_text(errors="replace") for p in standalone.root.glob("worker*/app-*/*/stderr"))
     assert "but CUDA is not available in this executor; ran on the CPU" in executor_logs
-
-
-GPU_APP_CONF = {**CLUSTER_APP_CONF, "spark.executor.cores": "2", "spark.executor.resource.gpu.amount": "2",
-                "spark.executor.resource.gpu.discoveryScript": str(CONF / "getGpusResources.sh")}
 
 
 def _assert_one_gpu_per_task(warehouse: str, spark) -> None:

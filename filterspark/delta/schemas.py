@@ -268,7 +268,7 @@ ANALYSIS_TABLES = {
 }
 
 #: ``<table>_latest``: the rows of the latest complete run of each scope. Registered by
-#: ``warehouse.register_tables`` (views are session-scoped without a metastore) whenever
+#: ``registry.register_tables`` (views are session-scoped without a metastore) whenever
 #: the tables they read exist. ``{db}`` is the quoted schema (``Warehouse.schema_sql``).
 VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     f"{name}_latest": (

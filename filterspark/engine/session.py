@@ -9,7 +9,7 @@
 * ``remote``/``SPARK_REMOTE`` gives a Spark Connect session instead (the server owns
   its Delta and warehouse settings).
 * The warehouse's tables are named in the new session by
-  :func:`filterspark.delta.warehouse.register_tables` (path or catalog mode).
+  :func:`filterspark.delta.registry.register_tables` (path or catalog mode).
 """
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def _profile_refusal(spark: SparkSession, profile) -> str | None:
         return None
     except jvm.spark_errors() as err:
         text = str(err)
-        if "esource" not in text:  # not a refusal of the profile: a real failure
+        if "ResourceProfile" not in text and "resource profile" not in text.lower():  # a real failure
             raise
         return next((line for line in text.splitlines() if "supported" in line or "Exception" in line),
                     text.splitlines()[0]).strip()
