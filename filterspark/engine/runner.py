@@ -11,9 +11,9 @@ pickled per item and merged on the driver (no accumulators, no RDDs).
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from filterspark.delta.capabilities import set_job_description
 
@@ -24,18 +24,32 @@ R = TypeVar("R")
 RESULT_SCHEMA = "result binary"
 
 
+def _result_batch(result: Any):
+    """One result as a one-row Arrow batch of :data:`RESULT_SCHEMA` (pickled)."""
+    import pyarrow as pa
+
+    blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    return pa.RecordBatch.from_arrays([pa.array([blob], type=pa.binary())], names=["result"])
+
+
+def _collect_results(spark: SparkSession, mapped, description: str) -> list:
+    set_job_description(spark, description)
+    try:
+        rows = mapped.collect()
+    finally:
+        set_job_description(spark, None)
+    return [pickle.loads(row[0]) for row in rows]
+
+
 def _task_function(payloads: Sequence[P], task: Callable[[int, P], Iterable[R]]):
     """The ``mapInArrow`` function: the ids of the partition's ``range`` rows → ``task``'s
     results for those payloads, one pickled row per result."""
 
     def run(batches):
-        import pyarrow as pa
-
         for batch in batches:
             for index in batch.column(0).to_pylist():
                 for result in task(index, payloads[index]):
-                    blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-                    yield pa.RecordBatch.from_arrays([pa.array([blob], type=pa.binary())], names=["result"])
+                    yield _result_batch(result)
 
     return run
 
@@ -54,14 +68,18 @@ def run_tasks(
     if not payloads:
         return []
     frame = spark.range(0, len(payloads), 1, len(payloads))
-    function = _task_function(list(payloads), task)
-    mapped = frame.mapInArrow(function, RESULT_SCHEMA, profile=profile) if profile else frame.mapInArrow(function, RESULT_SCHEMA)
-    set_job_description(spark, description)
-    try:
-        rows = mapped.collect()
-    finally:
-        set_job_description(spark, None)
-    return [pickle.loads(row[0]) for row in rows]
+    mapped = frame.mapInArrow(_task_function(list(payloads), task), RESULT_SCHEMA, profile=profile)
+    return _collect_results(spark, mapped, description)
+
+
+def run_on_frame(spark: SparkSession, frame: DataFrame, task: Callable[[Iterator[Any]], R], description: str) -> list[R]:
+    """Run ``task(batches)`` on every partition of ``frame`` (its Arrow record batches) and
+    return one result per partition: for inputs that are a DataFrame rather than payloads."""
+
+    def run(batches):
+        yield _result_batch(task(iter(batches)))
+
+    return _collect_results(spark, frame.mapInArrow(run, RESULT_SCHEMA), description)
 
 
 def reduce_results(results: Iterable[R], merge: Callable[[R, R], R]) -> R | None:

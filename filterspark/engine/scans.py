@@ -16,7 +16,6 @@ runs such a function on the executors, one of two ways, with identical results:
 """
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -24,12 +23,12 @@ from typing import Any, Callable, Iterable, Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from filterspark.delta.capabilities import default_parallelism, set_job_description
+from filterspark.delta.capabilities import default_parallelism
 from filterspark.delta.files import local_path, unreadable_features
 from filterspark.delta.schemas import WEIGHT_COLUMNS
 from filterspark.delta.tables import table_detail
 from filterspark.delta.warehouse import TableRef
-from filterspark.engine.runner import reduce_results, run_tasks
+from filterspark.engine.runner import reduce_results, run_on_frame, run_tasks
 from filterspark.errors import AnalyzeError, OptionsError
 from filterspark.kernels.balance import balanced_groups
 
@@ -65,23 +64,12 @@ class FilterScan:
         what = f"filterspark analyze: {description}"
         if self.file_groups is not None:
             return run_tasks(self.spark, self.file_groups, lambda _, group: [task(read_files(group))], what)
-        set_job_description(self.spark, what)
-        return [pickle.loads(r[0]) for r in self.frame.mapInArrow(_pickled(task), "result binary").collect()]
+        return run_on_frame(self.spark, self.frame, task, what)
 
     def reduce(self, task: BatchTask, merge: Callable[[Any, Any], Any], description: str) -> Any:
         """``task`` on every Spark task, the results merged on the driver with ``merge``;
         None when there is nothing to scan."""
         return reduce_results(self.map(task, description), merge)
-
-
-def _pickled(task: BatchTask):
-    def run(batches):
-        import pyarrow as pa
-
-        result = pickle.dumps(task(iter(batches)), protocol=pickle.HIGHEST_PROTOCOL)
-        yield pa.RecordBatch.from_arrays([pa.array([result], type=pa.binary())], names=["result"])
-
-    return run
 
 
 def read_files(group: Iterable[tuple[str, int]], batch_rows: int = BATCH_ROWS) -> Iterator[Any]:

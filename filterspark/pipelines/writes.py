@@ -107,7 +107,7 @@ def stream_filters(
     jobs = spark.range(0, len(payloads), 1, len(payloads))
     function = _streaming_function(payloads, task)
     schema = _streamed_schema()
-    out = jobs.mapInArrow(function, schema, profile=profile) if profile else jobs.mapInArrow(function, schema)
+    out = jobs.mapInArrow(function, schema, profile=profile)
     observation = Observation(f"filterspark_{uuid.uuid4().hex[:8]}")
     out = out.observe(observation, F.collect_list(RESULT_COLUMN).alias("results"))
     rows = out.where(F.col(RESULT_COLUMN).isNull()).select(*[F.col(f.name) for f in FILTERS.fields])
