@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -212,7 +213,14 @@ class StandaloneCluster:
         return self
 
     def state(self) -> dict | None:
-        return http_json(f"http://127.0.0.1:{self.ui_port}/json/")
+        return http_json(f"http://127.0.0.1:{self._bound_ui_port()}/json/")
+
+    def _bound_ui_port(self) -> int:
+        """The port the master's web UI really bound: Spark moves to the next port when the
+        chosen one was taken meanwhile (a free port is only free until someone binds it)."""
+        log = self.procs.procs[0].text() if self.procs.procs else ""
+        match = re.search(r"Bound MasterWebUI to \S+, and started at http://\S+?:(\d+)", log)
+        return int(match.group(1)) if match else self.ui_port
 
     def alive_workers(self) -> int:
         state = self.state() or {}
