@@ -185,6 +185,17 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-group-filters", type=int, default=None, help="groups with fewer filters are marked small (default 10 per bin)"
     )
     parser.add_argument(
+        "--incremental", action="store_true",
+        help="reuse the latest complete run's basis and range (same scope) and scan only the models extracted "
+        "or replaced since; every table still covers all models",
+    )
+    parser.add_argument(
+        "--outside-threshold", type=float, default=None,
+        help="--incremental: share of coefficients outside the frozen range above which the job says a "
+        "full run is due (default 0.001)",
+    )
+    parser.add_argument("--neighbours", type=int, default=None, help="nearest models kept per model (default 10)")
+    parser.add_argument(
         "--scan", choices=("auto", "files", "spark"), default="auto",
         help="how executors read filters: the Delta snapshot's Parquet files with pyarrow (files), "
         "or Spark's reader (spark); auto: files when the scope is whole models and the table allows it",
@@ -206,6 +217,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         write_coefficients=args.write_coefficients,
         min_group_filters=args.min_group_filters,
         scan=args.scan,
+        incremental=args.incremental,
+        **{k: v for k, v in (("outside_threshold", args.outside_threshold), ("neighbours", args.neighbours)) if v is not None},
     )
     spark = _session(args, "filterspark-analyze")
     report = run_analysis(spark, options)
@@ -234,6 +247,54 @@ def run_sql(args: argparse.Namespace) -> int:
     if args.limit:
         df = df.limit(args.limit)
     format_rows(df.columns, [tuple(r) for r in df.collect()], args.format)
+    return 0
+
+
+# --- shifts, neighbours -----------------------------------------------------------------------
+
+
+def add_shifts_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument(
+        "--by", required=True,
+        help="grouping: a Spark SQL expression over the columns of models (and metadata['key']), of layers and "
+        "depth_decile, e.g. family, format, \"metadata['variant']\", \"concat(task, '/', family)\"",
+    )
+    parser.add_argument("--where", help="SQL predicate over the same columns: only those layers are grouped")
+    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
+def run_shifts(args: argparse.Namespace) -> int:
+    """The shift matrix of any grouping, from the run's per-layer histograms (no filter scan)."""
+    from filterspark.outputs.formatting import format_rows
+    from filterspark.pipelines.analyze.regroup import ShiftsOptions, shifts_by
+
+    options = ShiftsOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name,
+                            by=args.by, where=args.where, run_id=args.run_id)
+    result = shifts_by(_session(args, "filterspark-shifts"), options)
+    print(f"# run {result.run.run_id} (scope {result.run.scope}): {result.note}", file=sys.stderr)
+    format_rows(list(result.COLUMNS), [tuple(r[c] for c in result.COLUMNS) for r in result.rows], args.format)
+    return 0
+
+
+def add_neighbours_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--model", required=True, help="model name (models.name) or model id")
+    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
+def run_neighbours(args: argparse.Namespace) -> int:
+    """A model's nearest models by the shift between their whole filter histograms."""
+    from filterspark.delta.warehouse import WarehouseOptions
+    from filterspark.outputs.formatting import format_rows
+    from filterspark.pipelines.analyze.regroup import NEIGHBOUR_COLUMNS, nearest_models
+
+    options = WarehouseOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name)
+    run, rows = nearest_models(_session(args, "filterspark-neighbours"), options, args.model, args.run_id)
+    print(f"# nearest models to {args.model} (run {run.run_id}, scope {run.scope})", file=sys.stderr)
+    format_rows(list(NEIGHBOUR_COLUMNS), [tuple(r[c] for c in NEIGHBOUR_COLUMNS) for r in rows], args.format)
     return 0
 
 
@@ -351,6 +412,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "extract": ("extract a model catalog into Delta tables", add_extract_arguments, run_extract),
     "analyze": ("PCA, grouped coefficient histograms and shift matrices as tables", add_analyze_arguments, run_analyze),
     "sql": ("run a SQL query against the warehouse", add_sql_arguments, run_sql),
+    "shifts": ("the shift matrix of any grouping of an analysis run's layers", add_shifts_arguments, run_shifts),
+    "neighbours": ("a model's nearest models by filter-distribution shift", add_neighbours_arguments, run_neighbours),
     "quality": ("per-layer filter quality of one model, or models ranked by degeneration", add_quality_arguments, run_quality),
     "import-filterdb": (
         "import the published CNN Filter DB (dataset.h5) into Delta tables",

@@ -11,6 +11,7 @@ from filterspark.delta import jvm
 from filterspark.delta.capabilities import session_key
 from filterspark.delta.files import local_path
 from filterspark.delta.schemas import ALL_TABLES, VIEWS
+from filterspark.delta.sql_functions import register_functions
 from filterspark.delta.warehouse import DEFAULT_DATABASE, Warehouse, as_warehouse, quote, same_location
 
 
@@ -32,9 +33,11 @@ def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database:
     external table ``database.table`` (re-pointing names another warehouse registered,
     dropping names whose tables this warehouse lacks; their data is never touched).
     Catalog mode makes the catalog the session's current one and only (re)defines the
-    views: managed tables are named already.
+    views: managed tables are named already. The project's SQL functions are registered
+    too (sessions the project did not build: a notebook's ``spark``).
     """
     wh = as_warehouse(warehouse, database)
+    register_functions(spark)
     if wh.managed:
         # The catalog becomes the session's current one (USE CATALOG), so that the
         # two-part names users and the reports write (filterdb.models) mean its tables.
@@ -101,7 +104,8 @@ def _register_views(spark: SparkSession, wh: Warehouse, tables: list[str]) -> No
     and drop those whose tables do not."""
     for view, (query, needs) in VIEWS.items():
         if all(t in tables for t in needs):
-            spark.sql(f"CREATE OR REPLACE VIEW {wh.name(view)} AS {query.format(db=wh.schema_sql)}")
+            text = query.format(db=wh.schema_sql, models=wh.name("models"), layers=wh.name("layers"))
+            spark.sql(f"CREATE OR REPLACE VIEW {wh.name(view)} AS {text}")
         else:
             spark.sql(f"DROP VIEW IF EXISTS {wh.name(view)}")
 

@@ -162,6 +162,10 @@ ANALYSIS_RUNS = StructType(
         StructField("range_hi", DoubleType()),
         StructField("explained_variance_ratio", ArrayType(DoubleType())),
         StructField("write_coefficients", BooleanType()),
+        StructField("base_run_id", StringType()),  # incremental: the run whose basis and range it reused
+        StructField("models_rescanned", LongType()),  # models whose filters this run read
+        StructField("outside_share", DoubleType()),  # coefficients outside the range (left out of the bins)
+        StructField("neighbours_k", IntegerType()),
     ]
 )
 
@@ -246,6 +250,50 @@ MODEL_SHIFTS = StructType(
     ]
 )
 
+#: One row per (layer, component, non-zero bin) of every analysed 3x3 layer: the additive
+#: unit of any grouping (``filterspark shifts --by``). Bin -1 / ``bins`` count the
+#: coefficients below / above the run's range (an incremental run's frozen range); the
+#: layer-component's count, sum, sum of squares, min and max repeat on each of its rows,
+#: as do the run's range, bins and the component's explained-variance ratio, so a
+#: grouping query needs no other analysis table.
+LAYER_HISTOGRAMS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("model_id", LongType(), False),
+        StructField("layer_index", IntegerType(), False),
+        StructField("component", IntegerType(), False),
+        StructField("bin", IntegerType(), False),
+        StructField("count", LongType(), False),
+        StructField("n_filters", LongType()),
+        StructField("coef_sum", DoubleType()),
+        StructField("coef_sumsq", DoubleType()),
+        StructField("coef_min", DoubleType()),
+        StructField("coef_max", DoubleType()),
+        StructField("extracted_at", TimestampType()),  # the model version the counts are of
+        StructField("range_lo", DoubleType()),
+        StructField("range_hi", DoubleType()),
+        StructField("bins", IntegerType()),
+        StructField("explained_variance_ratio", DoubleType()),  # of this component
+        StructField("min_group_filters", LongType()),
+    ]
+)
+
+#: One row per (model, rank): the model's ``k`` nearest models by the shift between the
+#: two models' whole histograms.
+MODEL_NEIGHBOURS = StructType(
+    [
+        *RUN_FIELDS,
+        StructField("model_id", LongType(), False),
+        StructField("name", StringType()),
+        StructField("rank", IntegerType(), False),
+        StructField("neighbour_id", LongType(), False),
+        StructField("neighbour_name", StringType()),
+        StructField("shift", DoubleType()),
+        StructField("n_filters", LongType()),
+        StructField("neighbour_n_filters", LongType()),
+    ]
+)
+
 #: Optional (``--write-coefficients``): one row per analysed filter.
 COEFFICIENTS = StructType(
     [
@@ -263,13 +311,16 @@ ANALYSIS_TABLES = {
     "coefficient_stats": COEFFICIENT_STATS,
     "shifts": SHIFTS,
     "model_shifts": MODEL_SHIFTS,
+    "layer_histograms": LAYER_HISTOGRAMS,
+    "model_neighbours": MODEL_NEIGHBOURS,
     "coefficients": COEFFICIENTS,
     "analysis_runs": ANALYSIS_RUNS,
 }
 
 #: ``<table>_latest``: the rows of the latest complete run of each scope. Registered by
 #: ``registry.register_tables`` (views are session-scoped without a metastore) whenever
-#: the tables they read exist. ``{db}`` is the quoted schema (``Warehouse.schema_sql``).
+#: the tables they read exist. ``{db}`` is the quoted schema (``Warehouse.schema_sql``);
+#: ``{models}``, ``{layers}``: those tables' identifiers (names, or ``delta.`path```).
 VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     f"{name}_latest": (
         f"SELECT t.* FROM {{db}}.`{name}` t WHERE t.run_id IN "
@@ -278,6 +329,24 @@ VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     )
     for name in ANALYSIS_TABLES
 }
+
+
+def depth_decile_sql(column: str = "conv_depth_norm") -> str:
+    """The depth group of a layer as SQL: the decile of ``column`` ([0.0,0.1], (0.1,0.2],
+    ...), NULL/NaN → ``(none)``."""
+    from filterspark.kernels.coefficients import DEPTH_DECILES, DEPTH_EDGES, NONE_LABEL
+
+    cases = " ".join(f"WHEN {column} <= {edge!r} THEN '{label}'" for edge, label in zip(DEPTH_EDGES, DEPTH_DECILES))
+    return f"CASE WHEN {column} IS NULL OR isnan({column}) THEN '{NONE_LABEL}' {cases} ELSE '{DEPTH_DECILES[-1]}' END"
+
+
+#: ``layer_groups``: every layer of the ``ok`` models with all columns of its model and
+#: itself and ``depth_decile``: what ``shifts --by`` / ``--where`` expressions are over.
+VIEWS["layer_groups"] = (
+    f"SELECT m.*, l.* EXCEPT (model_id), {depth_decile_sql('l.conv_depth_norm')} AS depth_decile "
+    "FROM {models} m JOIN {layers} l ON m.model_id = l.model_id WHERE m.status = 'ok'",
+    ("models", "layers"),
+)
 
 #: Every table the project writes, by name.
 ALL_TABLES = {**TABLES, **ANALYSIS_TABLES}

@@ -187,9 +187,13 @@ def replace_rows(df: DataFrame, table: TableRef, predicate: str, what: str) -> N
     )
 
 
-def append_rows(df: DataFrame, table: TableRef, what: str) -> None:
-    """Append ``df`` to ``table`` (one commit; for rows with new keys)."""
-    with_conflict_retry(lambda: _save(df.write.format("delta").mode("append"), table), what)
+def append_rows(df: DataFrame, table: TableRef, what: str, merge_schema: bool = False) -> None:
+    """Append ``df`` to ``table`` (one commit; for rows with new keys); ``merge_schema``:
+    columns the table lacks are added to it (a newer version's columns)."""
+    writer = df.write.format("delta").mode("append")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
+    with_conflict_retry(lambda: _save(writer, table), what)
 
 
 def upsert_rows(spark: SparkSession, df: DataFrame, table: TableRef, keys: Iterable[str], what: str) -> None:

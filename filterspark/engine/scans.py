@@ -1,8 +1,8 @@
 """Distributed scans of the ``filters`` table that hand Arrow batches to numpy tasks.
 
 The analysis passes (moments, coefficient range, grouped histograms) are Python
-functions from an iterator of Arrow record batches (columns ``w0..w8``, ``model_id`` and
-``conv_depth_norm``) to one small picklable result per Spark task. A :class:`FilterScan`
+functions from an iterator of Arrow record batches (columns ``w0..w8``, ``model_id``, ``layer_index``
+and ``conv_depth_norm``) to one small picklable result per Spark task. A :class:`FilterScan`
 runs such a function on the executors, one of two ways, with identical results:
 
 * **files** (the fast path): the driver lists the Delta snapshot's data files (one
@@ -33,7 +33,7 @@ from filterspark.errors import AnalyzeError, OptionsError
 from filterspark.kernels.balance import balanced_groups
 
 #: The columns every scan batch carries.
-SCAN_COLUMNS = (*WEIGHT_COLUMNS, "model_id", "conv_depth_norm")
+SCAN_COLUMNS = (*WEIGHT_COLUMNS, "model_id", "layer_index", "conv_depth_norm")
 #: Rows per Arrow batch read from a file.
 BATCH_ROWS = 65536
 #: Bytes of Parquet per task (the file path): large enough to amortise a task's start-up.

@@ -22,6 +22,7 @@ from typing import Mapping
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import set_log_level
 from filterspark.delta.registry import register_tables
+from filterspark.delta.sql_functions import register_functions
 from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, warehouse_uri
 from filterspark.engine.resources import is_local_master
 from filterspark.errors import OptionsError, SessionError
@@ -158,7 +159,8 @@ def build_session(
     remote: str | None = None,
     catalog: str | None = None,
 ):
-    """Return a Delta-enabled SparkSession with the warehouse's tables registered.
+    """Return a Delta-enabled SparkSession with the project's SQL functions and the
+    warehouse's tables registered.
 
     ``remote`` (or ``SPARK_REMOTE``) connects to a Spark Connect server instead of starting
     a driver here; the server's own Delta and warehouse settings then apply. An already
@@ -188,7 +190,9 @@ def build_session(
             spark = builder.getOrCreate()
             set_log_level(spark, os.environ.get("FILTERSPARK_LOG_LEVEL", "WARN"))
     if wh is not None:
-        register_tables(spark, wh)
+        register_tables(spark, wh)  # registers the functions too
+    else:
+        register_functions(spark)
     return spark
 
 

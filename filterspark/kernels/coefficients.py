@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from filterspark.kernels.layer_histograms import LayerAccumulator, extended_bin_ids
 from filterspark.kernels.pca import N_WEIGHTS, FilterMoments, PCABasis, moments
 from filterspark.kernels.shifts import bin_ids_2d, counts_from_bin_ids, normalised_histogram, shift
 
@@ -58,6 +59,7 @@ class PartitionAccumulator:
 
     ``full_dims``: dimension indices that get stats (fine counts, min/max, moments);
     the others get only the published counts (used for per-model histograms).
+    ``layers``: the per-layer histograms (``layer_histograms``), kept when given.
     """
 
     lo: float
@@ -66,10 +68,13 @@ class PartitionAccumulator:
     ref: np.ndarray
     full_dims: frozenset[int]
     groups: dict[tuple[int, str], GroupPartial] = field(default_factory=dict)
+    layers: LayerAccumulator | None = None
 
-    def add(self, scaled: np.ndarray, coeffs: np.ndarray, labels: list[tuple[np.ndarray, list[str]]]) -> None:
+    def add(self, scaled: np.ndarray, coeffs: np.ndarray, labels: list[tuple[np.ndarray, list[str]]],
+            layer_keys: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Add a batch: scaled filters and their coefficients (n, 9) and, per dimension,
-        the rows' group codes with the code → label list.
+        the rows' group codes with the code → label list; ``layer_keys``: the rows' model
+        ids and layer indices, for the per-layer histograms.
 
         The batch is binned once (coarse and fine); each group then only counts its rows'
         bin ids, and a group holding the whole batch (the usual case: model-level labels
@@ -78,6 +83,9 @@ class PartitionAccumulator:
         if coeffs.shape[0] == 0:
             return
         batch = _BinnedBatch(self, scaled, coeffs)
+        if self.layers is not None and layer_keys is not None:
+            ext = extended_bin_ids(batch.coarse, coeffs, self.lo, self.bins)
+            self.layers.add(layer_keys[0], layer_keys[1], coeffs, ext)
         for dim, (codes, names) in enumerate(labels):
             codes = np.asarray(codes)
             if codes.size == 0:
@@ -126,6 +134,8 @@ class PartitionAccumulator:
                 np.minimum(mine.lo, g.lo, out=mine.lo)
                 np.maximum(mine.hi, g.hi, out=mine.hi)
                 mine.moments = mine.moments.merge(g.moments)
+        if other.layers is not None:
+            self.layers = other.layers if self.layers is None else self.layers.merge(other.layers)
         return self
 
     def summaries(self) -> dict[tuple[int, str], "GroupSummary"]:
@@ -161,7 +171,9 @@ class _BinnedBatch:
 
 @dataclass
 class GroupSummary:
-    """One group after all tasks' partials are summed."""
+    """One group after all tasks' partials are summed (or its layers' histograms:
+    then ``total``/``total_sq``, the per-component coefficient sums, stand in for the
+    moments and the fine counts)."""
 
     n: int
     hist: np.ndarray
@@ -169,6 +181,8 @@ class GroupSummary:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     moments: FilterMoments | None = None
+    total: np.ndarray | None = None
+    total_sq: np.ndarray | None = None
 
 
 def quantiles_from_counts(counts: np.ndarray, lo: float, hi: float, qs: list[float]) -> np.ndarray:
@@ -206,17 +220,28 @@ def group_stats(g: GroupSummary, basis: PCABasis, lo: float, hi: float) -> dict[
     """Per-component count, mean, std (n-1), min, max and quantiles of a group's coefficients.
 
     Mean and std come exactly from the group's scaled-filter moments (the coefficients
-    are linear in the filters): ``mean_c = (mean_g - mean) Vᵀ``, ``var_c = diag(V Σ_g Vᵀ)``.
+    are linear in the filters): ``mean_c = (mean_g - mean) Vᵀ``, ``var_c = diag(V Σ_g Vᵀ)``;
+    for a group summed from layer histograms, from its coefficient sums, and the
+    quantiles from its published counts (exact to within one of those bins).
     """
-    comps = np.asarray(basis.components)
-    m = g.moments
-    mean = (m.mean - basis.mean) @ comps.T
-    if m.n >= 2:
-        var = np.einsum("ij,jk,ik->i", comps, m.covariance(), comps)
-        std = np.sqrt(np.clip(var, 0.0, None))
+    if g.moments is None:
+        n = np.full(N_WEIGHTS, float(g.n))
+        mean = g.total / n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = (g.total_sq - n * mean * mean) / (n - 1)
+        std = np.sqrt(np.clip(var, 0.0, None)) if g.n >= 2 else np.full(N_WEIGHTS, np.nan)
+        counts = g.hist
     else:
-        std = np.full(N_WEIGHTS, np.nan)
-    qs = quantiles_from_counts(g.fine, lo, hi, list(QUANTILES.values()))
+        comps = np.asarray(basis.components)
+        m = g.moments
+        mean = (m.mean - basis.mean) @ comps.T
+        if m.n >= 2:
+            var = np.einsum("ij,jk,ik->i", comps, m.covariance(), comps)
+            std = np.sqrt(np.clip(var, 0.0, None))
+        else:
+            std = np.full(N_WEIGHTS, np.nan)
+        counts = g.fine
+    qs = quantiles_from_counts(counts, lo, hi, list(QUANTILES.values()))
     qs = np.clip(qs, g.lo[:, None], g.hi[:, None])
     stats = {"n_filters": np.full(N_WEIGHTS, g.n), "mean": mean, "std": std, "min": g.lo, "max": g.hi}
     stats.update({name: qs[:, j] for j, name in enumerate(QUANTILES)})

@@ -179,6 +179,19 @@ def shift_matrix(
     return rows
 
 
+def group_shifts(
+    counts: Mapping[str, np.ndarray], sizes: Mapping[str, int], evr: np.ndarray, lo: float, hi: float, small: int
+) -> list[tuple[str, str, float, np.ndarray, int, int, bool]]:
+    """The ``shifts`` rows of one grouping from its groups' counts ``(components, bins)``:
+    ``(group_a, group_b, shift, per_component, n_a, n_b, small)``, both orders, sorted.
+    ``sizes``: filters per group; a pair is small when either group has fewer than ``small``."""
+    hists = {label: normalised_histogram(c, lo, hi) for label, c in counts.items()}
+    return [
+        (a, b, total, per, int(sizes[a]), int(sizes[b]), bool(sizes[a] < small or sizes[b] < small))
+        for a, b, total, per in shift_matrix(hists, evr)
+    ]
+
+
 def combine_ranges(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
     """The global (lo, hi) from per-batch or per-component (min, max) pairs.
 

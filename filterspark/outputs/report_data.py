@@ -181,7 +181,7 @@ def model_groups(spark, database: str, group_bys: Sequence[str]) -> pd.DataFrame
     ``metadata``; labels as the analysis job makes them (NULL and '' are ``(none)``)."""
     from pyspark.sql import functions as F
 
-    from filterspark.pipelines.analyze import group_label
+    from filterspark.pipelines.analyze import group_label_sql
 
     models = spark.table(f"{database}.models").where("status = 'ok'")
     unknown = [g for g in group_bys if g != HEALTH and g not in models.columns]
@@ -196,9 +196,9 @@ def model_groups(spark, database: str, group_bys: Sequence[str]) -> pd.DataFrame
         if g == HEALTH:
             label = F.when(F.col("share_degenerate") > 0, "degenerated").otherwise("healthy")
         elif g in models.columns:
-            label = group_label(F.col(g))
+            label = F.expr(group_label_sql(f"`{g}`"))
         else:
-            label = group_label(F.col("metadata").getItem(g))
+            label = F.expr(group_label_sql("metadata['" + g.replace("'", "\\'") + "']"))
         labels.append(label.alias(g))
     return models.select("model_id", "name", *labels).toPandas()
 

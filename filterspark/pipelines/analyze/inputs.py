@@ -7,7 +7,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
-from filterspark.delta.schemas import WEIGHT_COLUMNS
+from filterspark.delta.schemas import WEIGHT_COLUMNS, depth_decile_sql
 from filterspark.delta.tables import table_exists
 from filterspark.engine.scans import FilterScan, filter_scan
 from filterspark.errors import AnalyzeError
@@ -19,45 +19,40 @@ from filterspark.pipelines.analyze.options import ALL, AnalyzeOptions, DEFAULT_B
 
 
 def depth_decile(column: str = "conv_depth_norm") -> Column:
-    """The depth group of a layer: the decile of ``column`` ([0.0,0.1], (0.1,0.2], ...), NULL/NaN → ``(none)``."""
-    expr = F.when(F.col(column).isNull() | F.isnan(column), F.lit(co.NONE_LABEL))
-    for edge, label in zip(co.DEPTH_EDGES, co.DEPTH_DECILES):
-        expr = expr.when(F.col(column) <= F.lit(float(edge)), F.lit(label))
-    return expr.otherwise(F.lit(co.DEPTH_DECILES[-1]))
+    """The depth group of a layer (:func:`schemas.depth_decile_sql`, the one definition)."""
+    return F.expr(depth_decile_sql(column))
 
 
-def group_label(value: Column) -> Column:
-    """A group label: the value as a string, NULL and '' → ``(none)``."""
-    text = value.cast("string")
-    return F.when(text.isNull() | (text == ""), F.lit(co.NONE_LABEL)).otherwise(text)
+def group_label_sql(expr: str) -> str:
+    """A group label as SQL: ``expr`` as a string, NULL and '' → ``(none)``."""
+    text = f"CAST(({expr}) AS STRING)"
+    return f"CASE WHEN {text} IS NULL OR {text} = '' THEN '{co.NONE_LABEL}' ELSE {text} END"
 
 
 def _is_scalar(dtype: DataType) -> bool:
     return not isinstance(dtype, (ArrayType, MapType, StructType))
 
 
-def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[str, Column]:
-    """Label expression of each requested dimension (over the joined filter+model rows).
-
-    A dimension is ``depth_decile``, a scalar column of ``models`` or a key of
-    ``models.metadata`` (a column wins over a key of the same name).
-    """
+def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[str, str]:
+    """SQL label expression of each requested dimension (over the joined filter+model rows,
+    and over the ``layer_groups`` view): ``depth_decile``, a scalar column of ``models``
+    or a key of ``models.metadata`` (a column wins over a key of the same name)."""
     columns = {f.name for f in models.schema.fields if _is_scalar(f.dataType)} - {"model_id"}
     requested = list(by) if by else list(DEFAULT_BY)
     keys: set[str] = set()
     if any(d != DEPTH_DIMENSION and d not in columns for d in requested):  # a small job: only if needed
         keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
     wanted = requested if by else [d for d in DEFAULT_BY if d == DEPTH_DIMENSION or d in columns or d in keys]
-    out: dict[str, Column] = {}
+    out: dict[str, str] = {}
     for dim in wanted:
         if dim in (ALL, MODEL_DIMENSION):
             raise AnalyzeError(f"'{dim}' is reserved and cannot be a dimension")
         if dim == DEPTH_DIMENSION:
-            out[dim] = F.col(DEPTH_DIMENSION)
+            out[dim] = DEPTH_DIMENSION
         elif dim in columns:
-            out[dim] = group_label(F.col(dim))
+            out[dim] = group_label_sql(f"`{dim}`")
         elif dim in keys:
-            out[dim] = group_label(F.col("metadata").getItem(dim))
+            out[dim] = group_label_sql("metadata['" + dim.replace("'", "\\'") + "']")
         else:
             raise AnalyzeError(
                 f"unknown dimension '{dim}': use depth_decile, a column of models "
@@ -89,7 +84,7 @@ def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFr
     return joined, models
 
 
-def _is_model_level(models: DataFrame, where: str | None) -> bool:
+def is_model_level(models: DataFrame, where: str | None) -> bool:
     """Whether ``where`` can be decided from the model rows alone."""
     if not (where and where.strip()):
         return True
@@ -104,7 +99,7 @@ def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, m
               ok_ids: set[int] | None = None) -> FilterScan:
     """The filters scan of one run: whole models' data files when the scope allows it.
     ``ok_ids``: the ok models' ids when the caller has them already."""
-    model_level = _is_model_level(models, options.where)
+    model_level = is_model_level(models, options.where)
     ids: set[int] = set()
     if options.scan != "spark" and model_level:
         if options.scope == ALL and ok_ids is not None:

@@ -23,18 +23,32 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+import numpy as np
+
+from filterspark.delta import schemas as S
 from filterspark.delta.registry import register_tables, registered_warehouse
 from filterspark.delta.schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS
 from filterspark.delta.tables import append_rows, ensure_table, rows_frame
+from filterspark.delta.warehouse import id_predicate
 from filterspark.engine.phases import Phases
+from filterspark.engine.runner import run_tasks
+from filterspark.engine.scans import filter_scan
+from filterspark.errors import AnalyzeError, OptionsError
 from filterspark.kernels import coefficients as co
+from filterspark.kernels.layer_histograms import LayerAccumulator
+from filterspark.kernels.neighbours import block_rows
 from filterspark.kernels.pca import pca_from_moments, provisional_reference
-from filterspark.kernels.shifts import combine_ranges
-from filterspark.pipelines.analyze.inputs import analysis_input, plan_scan, resolve_dimensions
-from filterspark.pipelines.analyze.options import ALL, AnalyzeOptions, AnalyzeReport, DEPTH_DIMENSION
-from filterspark.pipelines.analyze.rows import basis_rows, extremes, histogram_table, model_shift_rows, run_fields, shift_rows, stats_rows, with_run, without_run
-from filterspark.pipelines.analyze.tasks import GroupLabels, coefficient_task, partials_task, range_task, scan_moments
+from filterspark.kernels.shifts import N_BINS, combine_ranges, normalised_histogram
+from filterspark.pipelines.analyze.inputs import analysis_input, is_model_level, plan_scan, resolve_dimensions
+from filterspark.pipelines.analyze.options import ALL, AnalyzeOptions, AnalyzeReport, DEPTH_DIMENSION, MODEL_DIMENSION
+from filterspark.pipelines.analyze.regroup import find_run, grouped_counts, layer_labels, run_basis, run_histograms
+from filterspark.pipelines.analyze.rows import (
+    basis_rows, extremes, histogram_table, layer_histogram_table, model_shift_rows, neighbour_rows, run_fields,
+    shift_rows, stats_rows, with_run, without_run,
+)
+from filterspark.pipelines.analyze.tasks import GroupLabels, coefficient_task, neighbours_task, partials_task, range_task, scan_moments
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -58,7 +72,11 @@ def new_run(scope: str) -> dict:
 
 
 def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
-    """Analyse the warehouse's filters and write the analysis tables (one run)."""
+    """Analyse the warehouse's filters and write the analysis tables (one run); with
+    ``options.incremental``, on the latest complete run's basis and range, scanning only
+    the models extracted or replaced since (:func:`run_incremental`)."""
+    if options.incremental:
+        return run_incremental(spark, options)
     started = time.perf_counter()
     run = new_run(options.scope)
     report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters)
@@ -70,10 +88,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     report.dimensions = names
     n = len(names)  # label columns: _g0.._g{n-1} dimensions, _g{n} "all", _g{n+1} the model
 
-    model_level = [i for i, name in enumerate(names) if name != DEPTH_DIMENSION]
-    exprs = list(dims.values())
-    label_rows = models.select("model_id", "name", *[exprs[i].alias(names[i]) for i in model_level]).collect()
-    model_labels = {r["model_id"]: r.asDict() for r in label_rows}
+    model_level, model_labels = _model_labels(models, dims)
     scan = plan_scan(spark, options, joined, models, set(model_labels))
     report.scan = scan.mode if scan.mode == "files" else f"spark ({scan.reason})"
     labels = GroupLabels(tuple(names), {m: tuple(r[names[i]] for i in model_level) for m, r in model_labels.items()})
@@ -92,61 +107,175 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     acc = scan.reduce(partials_task(basis, lo, hi, options.bins, ref, labels), co.PartitionAccumulator.merge,
                       f"histograms for {n} dimensions")
     groups = acc.summaries() if acc is not None else {}
+    layers = acc.layers.columns() if acc is not None else LayerAccumulator(options.bins).columns()
+    layer_table = layer_histogram_table(layers, run, {i: r["extracted_at"] for i, r in model_labels.items()},
+                                        lo, hi, options.bins, basis.explained_variance_ratio, options.min_filters)
+    frames = {"layer_histograms": spark.createDataFrame(layer_table, schema=S.LAYER_HISTOGRAMS)}
+    if options.write_coefficients:
+        coeffs = joined.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS).mapInArrow(
+            coefficient_task(basis), without_run(S.COEFFICIENTS)
+        )
+        frames["coefficients"] = with_run(coeffs, run, S.COEFFICIENTS)
+    report.models_rescanned = len(model_labels)
+    phase("histograms", "shifts")
+    return _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, basis,
+                   lo, hi, options.bins, frames, {"n_filters": m.n})
+
+
+def run_incremental(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
+    """A new complete run on the latest complete run's basis and range (same scope) that
+    scans only the models extracted or replaced since that run; the other models' layer
+    histograms are carried over, every grouped table is summed from them. Coefficients
+    outside the frozen range are left out of the bins and counted."""
+    started = time.perf_counter()
+    wh = options.tables
+    try:
+        base = find_run(spark, wh, scope=options.scope)
+    except AnalyzeError as err:
+        raise AnalyzeError(f"--incremental needs a complete earlier run of scope {options.scope!r}: {err}") from err
+    if options.bins not in (N_BINS, base.bins):
+        raise OptionsError(f"--incremental keeps the base run's {base.bins} bins; --bins {options.bins} needs a full run")
+    run = new_run(options.scope)
+    report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters,
+                           base_run_id=base.run_id)
+    phase = Phases(spark, report.phases, "filterspark analyze --incremental")
+    basis = run_basis(spark, wh, base)
+    bins, lo, hi = base.bins, base.lo, base.hi
+    report.basis, report.range = basis, (lo, hi)
+
+    joined, models = analysis_input(spark, options)
+    if not is_model_level(models, options.where):
+        raise AnalyzeError("--incremental needs a scope over model columns (the where predicate uses filter-level columns)")
+    dims = resolve_dimensions(models, options.by or base.dimensions or None)
+    names = list(dims)
+    report.dimensions = names
+    model_level, model_labels = _model_labels(models.where(F.expr(options.where)) if options.scope != ALL else models, dims)
+    current = {i: r["extracted_at"] for i, r in model_labels.items()}
+    base_rows = run_histograms(spark, wh, base.run_id)
+    before = {int(r[0]): r[1] for r in base_rows.select("model_id", "extracted_at").distinct().collect()}
+    kept = {i for i, when in current.items() if i in before and before[i] == when}
+    rescan = set(current) - kept
+    report.models_rescanned = len(rescan)
+    phase("plan", "histograms of new models")
+
+    if rescan:
+        new_rows = joined.where(F.expr(id_predicate("model_id", rescan)))
+        scan = filter_scan(spark, wh.table("filters"), rescan, lambda: new_rows, options.scan, True)
+        report.scan = scan.mode if scan.mode == "files" else f"spark ({scan.reason})"
+        ref = provisional_reference(basis.mean[None, :])
+        acc = scan.reduce(partials_task(basis, lo, hi, bins, ref, None), co.PartitionAccumulator.merge,
+                          "histograms of new models")
+        layers = acc.layers.columns() if acc is not None else LayerAccumulator(bins).columns()
+    else:
+        report.scan = "none (no new models)"
+        layers = LayerAccumulator(bins).columns()
+    table = layer_histogram_table(layers, run, current, lo, hi, bins, basis.explained_variance_ratio, options.min_filters)
+    carried = with_run(base_rows.where(F.expr(id_predicate("model_id", kept))).drop("run_id", "scope", "run_at")
+                       .withColumn("min_group_filters", F.lit(options.min_filters).cast("long")), run, S.LAYER_HISTOGRAMS)
+    layer_frame = spark.createDataFrame(table, schema=S.LAYER_HISTOGRAMS).unionByName(carried)
+    _write(spark, options, report, "layer_histograms", layer_frame)
+    phase("histograms", "grouped counts")
+
+    everything = {**dims, ALL: f"'{ALL}'", MODEL_DIMENSION: "CAST(model_id AS STRING)"}
+    groups = grouped_counts(run_histograms(spark, wh, run["run_id"]), layer_labels(spark, wh, everything),
+                            names + [ALL, MODEL_DIMENSION], bins, stats=True)
+    whole = groups.get((len(names), ALL))
+    report.n_filters = whole.n if whole is not None else 0
+    if whole is not None and whole.n:
+        report.outside_share = float(1.0 - whole.hist.sum() / (whole.n * co.N_WEIGHTS))
+    if report.outside_share > options.outside_threshold:
+        report.warnings.append(
+            f"{report.outside_share:.3%} of the coefficients fall outside the frozen range (threshold "
+            f"{options.outside_threshold:.3%}): a full run (without --incremental) is due")
+    phase("grouped counts", "shifts")
+    return _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, basis,
+                   lo, hi, bins, {}, {"n_filters": report.n_filters}, written=["layer_histograms"])
+
+
+def _model_labels(models: DataFrame, dims: dict[str, str]) -> tuple[list[int], dict[int, dict]]:
+    """(indices of the model-level dimensions, model id → its name, extraction time and
+    model-level labels)."""
+    names = list(dims)
+    model_level = [i for i, name in enumerate(names) if name != DEPTH_DIMENSION]
+    exprs = [F.expr(e) for e in dims.values()]
+    rows = models.select("model_id", "name", "extracted_at", *[exprs[i].alias(names[i]) for i in model_level]).collect()
+    return model_level, {r["model_id"]: r.asDict() for r in rows}
+
+
+def _write(spark: SparkSession, options: AnalyzeOptions, report: AnalyzeReport, name: str, df: DataFrame) -> None:
+    table = ensure_table(spark, options.tables, name=name, schema=ANALYSIS_TABLES[name])
+    # An append: the run id is new, so no earlier row can match it. (A replaceWhere on
+    # the non-partition run_id costs a delete scan: ~10x an append, measured.) New
+    # columns of a newer version are added to an older warehouse's table (mergeSchema).
+    append_rows(df, table, f"write {name}", merge_schema=True)
+    report.tables.append(name)
+
+
+def _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, basis, lo, hi,
+            bins, frames, summary, written=()) -> AnalyzeReport:
+    """The run's grouped tables from its summed groups, every table written, then its
+    ``analysis_runs`` row (the commit record), then the names registered."""
+    n = len(names)
     all_names = names + [ALL]
     public = {k: g for k, g in groups.items() if k[0] <= n}
     per_model = {int(label): g for (d, label), g in groups.items() if d == n + 1}
     report.n_models = len(per_model)
     for (d, label), g in public.items():
         report.groups.setdefault(all_names[d], {})[label] = g.n
-    phase("histograms", "shifts")
-
     small, evr = options.min_filters, basis.explained_variance_ratio
     shifts = shift_rows(run, {k: g for k, g in public.items() if k[0] < n}, names, evr, lo, hi, small)
     model_rows = model_shift_rows(run, per_model, public, model_labels, names, model_level, evr, lo, hi, small)
     report.extremes = extremes(shifts)
-    phase("shifts", "write tables")
-
-    from filterspark.delta import schemas as S
-
-
-    def write(name: str, df: DataFrame) -> None:
-        table = ensure_table(spark, options.tables, name=name, schema=ANALYSIS_TABLES[name])
-        # An append: the run id is new, so no earlier row can match it. (A replaceWhere on
-        # the non-partition run_id costs a delete scan: ~10x an append, measured.)
-        append_rows(df, table, f"write {name}")
-        report.tables.append(name)
+    phase("shifts", "nearest models")
+    neighbours = _neighbours(spark, run, per_model, model_labels, evr, lo, hi, options.neighbours)
+    phase("neighbours", "write tables")
 
     hist = spark.createDataFrame(
-        histogram_table(public, all_names, lo, hi, options.bins, small), schema=without_run(S.COEFFICIENT_HISTOGRAMS)
+        histogram_table(public, all_names, lo, hi, bins, small), schema=without_run(S.COEFFICIENT_HISTOGRAMS)
     )
     frames = {
+        **frames,
         "pca_basis": rows_frame(spark, basis_rows(run, basis), S.PCA_BASIS),
         "coefficient_histograms": with_run(hist, run, S.COEFFICIENT_HISTOGRAMS),
         "coefficient_stats": rows_frame(spark, stats_rows(run, public, all_names, basis, lo, hi, small), S.COEFFICIENT_STATS),
         "shifts": rows_frame(spark, shifts, S.SHIFTS),
         "model_shifts": rows_frame(spark, model_rows, S.MODEL_SHIFTS),
+        "model_neighbours": rows_frame(spark, neighbours, S.MODEL_NEIGHBOURS),
     }
-    if options.write_coefficients:
-        coeffs = joined.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS).mapInArrow(
-            coefficient_task(basis), without_run(S.COEFFICIENTS)
-        )
-        frames["coefficients"] = with_run(coeffs, run, S.COEFFICIENTS)
     # Independent tables: commit them concurrently (Delta commits are mostly latency).
     with ThreadPoolExecutor(max_workers=len(frames)) as pool:
-        for future in [pool.submit(write, name, df) for name, df in frames.items()]:
+        for future in [pool.submit(_write, spark, options, report, name, df) for name, df in frames.items()]:
             future.result()
+    report.tables[:0] = list(written)
     phase("write")
 
     report.seconds = time.perf_counter() - started
-    summary = {
+    record = {
         **run_fields(run), "finished_at": _dt.datetime.now(_dt.timezone.utc), "seconds": report.seconds,
-        "dimensions": names, "bins": options.bins, "min_group_filters": small, "n_filters": m.n,
-        "n_models": report.n_models, "range_lo": lo, "range_hi": hi,
-        "explained_variance_ratio": [float(v) for v in evr], "write_coefficients": options.write_coefficients,
+        "dimensions": names, "bins": bins, "min_group_filters": small, "n_models": report.n_models,
+        "range_lo": lo, "range_hi": hi, "explained_variance_ratio": [float(v) for v in evr],
+        "write_coefficients": options.write_coefficients and not options.incremental,
+        "base_run_id": report.base_run_id, "models_rescanned": report.models_rescanned,
+        "outside_share": report.outside_share, "neighbours_k": options.neighbours, **summary,
     }
-    write("analysis_runs", rows_frame(spark, [summary], S.ANALYSIS_RUNS))
+    _write(spark, options, report, "analysis_runs", rows_frame(spark, [record], S.ANALYSIS_RUNS))
     if not _registered(spark, options, report.tables):
         register_tables(spark, options.tables)
     phase("write")
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _neighbours(spark, run, per_model, model_labels, evr, lo, hi, k) -> list[dict]:
+    """Every model's ``k`` nearest models (``model_neighbours`` rows), blocks of models
+    one Spark task each."""
+    ids = sorted(i for i, g in per_model.items() if g.hist[0].sum() > 0)
+    if len(ids) < 2 or k < 1:
+        return []
+    hists = normalised_histogram(np.stack([per_model[i].hist for i in ids]), lo, hi)
+    rows = block_rows(len(ids), hists.shape[1] * hists.shape[2])
+    blocks = [list(range(s, min(s + rows, len(ids)))) for s in range(0, len(ids), rows)]
+    found = [f for part in run_tasks(spark, blocks, neighbours_task(hists, evr, k), "filterspark analyze: nearest models")
+             for f in part]
+    names = {i: (model_labels.get(i) or {}).get("name") for i in ids}
+    return neighbour_rows(run, found, ids, names, {i: per_model[i].n for i in ids})

@@ -16,6 +16,11 @@ DEFAULT_BY = ("task", "visual_category", "training_dataset", "family", "depth_de
 DEPTH_DIMENSION = "depth_decile"
 ALL = "all"  # the dimension (and group) of the whole scope
 MODEL_DIMENSION = "__model__"  # internal dimension: one group per model (for model_shifts)
+#: ``--incremental``: share of coefficients outside the frozen range above which the job
+#: says a full run is due.
+DEFAULT_OUTSIDE_THRESHOLD = 0.001
+#: ``model_neighbours``: nearest models kept per model.
+DEFAULT_NEIGHBOURS = 10
 
 
 @dataclass
@@ -28,8 +33,15 @@ class AnalyzeOptions(WarehouseOptions):
     write_coefficients: bool = False
     scan: str = "auto"  # auto | files | spark (see filter_scan)
     min_group_filters: int | None = None  # None: 10 per bin (700 for 70 bins)
+    incremental: bool = False  # reuse the latest complete run's basis and range; scan only new models
+    outside_threshold: float = DEFAULT_OUTSIDE_THRESHOLD  # share outside the frozen range that calls for a full run
+    neighbours: int = DEFAULT_NEIGHBOURS  # k of model_neighbours
 
     def __post_init__(self) -> None:
+        if self.neighbours < 0:
+            raise OptionsError(f"neighbours must be >= 0, not {self.neighbours}")
+        if self.incremental and self.write_coefficients:
+            raise OptionsError("--write-coefficients needs a full run (an incremental run scans only new models)")
         if self.scan not in SCAN_MODES:
             raise OptionsError(f"scan must be one of {', '.join(SCAN_MODES)}, not {self.scan!r}")
         if self.bins < 1:
@@ -69,6 +81,10 @@ class AnalyzeReport:
     phases: dict[str, float] = field(default_factory=dict)
     tables: list[str] = field(default_factory=list)
     scan: str = ""  # how the filters were read: files, or spark (why)
+    base_run_id: str | None = None  # incremental: the run whose basis and range were reused
+    models_rescanned: int = 0  # models whose filters were read
+    outside_share: float = 0.0  # coefficients outside the range, left out of the bins
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         evr = ", ".join(f"{v:.4f}" for v in self.basis.explained_variance_ratio) if self.basis else ""
@@ -79,6 +95,9 @@ class AnalyzeReport:
             f"coefficient range: [{self.range[0]:.6g}, {self.range[1]:.6g}]",
             f"filters read: {self.scan}",
         ]
+        if self.base_run_id:
+            out.append(f"incremental on run {self.base_run_id}: {self.models_rescanned} models scanned, "
+                       f"{self.outside_share:.4%} of the coefficients outside the frozen range")
         for dim in self.dimensions:
             groups = self.groups.get(dim, {})
             n_small = sum(1 for n in groups.values() if n < self.min_group_filters)
@@ -89,6 +108,7 @@ class AnalyzeReport:
             out.append(line)
         phases = ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items())
         out.append(f"wall time: {self.seconds:.1f} s ({phases})")
+        out += [f"warning: {w}" for w in self.warnings]
         return out
 
 

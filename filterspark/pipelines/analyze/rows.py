@@ -9,7 +9,7 @@ from pyspark.sql.types import StructType
 from filterspark.delta.schemas import arrow_schema
 from filterspark.kernels import coefficients as co
 from filterspark.kernels.pca import N_WEIGHTS, PCABasis
-from filterspark.kernels.shifts import bin_edges, normalised_histogram, shift_matrix
+from filterspark.kernels.shifts import bin_edges, group_shifts, normalised_histogram
 from filterspark.pipelines.analyze.options import ALL
 
 
@@ -90,12 +90,11 @@ def shift_rows(run: dict, groups: dict, names: list[str], evr: np.ndarray, lo: f
     rows = []
     for dim, name in enumerate(names):
         members = {label: g for (d, label), g in groups.items() if d == dim}
-        hists = {label: normalised_histogram(g.hist, lo, hi) for label, g in members.items()}
-        for a, b, total, per in shift_matrix(hists, evr):
-            na, nb = members[a].n, members[b].n
+        counts = {label: g.hist for label, g in members.items()}
+        sizes = {label: g.n for label, g in members.items()}
+        for a, b, total, per, na, nb, is_small in group_shifts(counts, sizes, evr, lo, hi, small):
             rows.append({**run_fields(run), "dimension": name, "group_a": a, "group_b": b, "shift": float(total),
-                         "kl_components": [float(v) for v in per], "n_a": na, "n_b": nb,
-                         "small": bool(na < small or nb < small)})
+                         "kl_components": [float(v) for v in per], "n_a": na, "n_b": nb, "small": is_small})
     return rows
 
 
@@ -135,3 +134,44 @@ def extremes(rows: list[dict]) -> dict[str, tuple[tuple, tuple]]:
     return out
 
 
+
+
+def layer_histogram_table(columns: dict[str, np.ndarray], run: dict, extracted_at: dict[int, object], lo: float,
+                          hi: float, bins: int, evr: np.ndarray, small: int):
+    """Arrow table of ``layer_histograms`` (run columns included) from
+    :meth:`LayerAccumulator.columns`."""
+    import pyarrow as pa
+
+    from filterspark.delta.schemas import LAYER_HISTOGRAMS
+
+    schema = arrow_schema(LAYER_HISTOGRAMS)
+    n = len(columns["count"])
+    ids = columns["model_id"]
+    uniq, inv = np.unique(ids, return_inverse=True)
+    when = [extracted_at.get(int(m)) for m in uniq]
+    values = {
+        **columns,
+        "run_id": pa.array([run["run_id"]] * n, pa.string()) if n else pa.array([], pa.string()),
+        "scope": pa.array([run["scope"]] * n, pa.string()) if n else pa.array([], pa.string()),
+        "run_at": pa.array([run["run_at"]] * n, schema.field("run_at").type),
+        "extracted_at": pa.array([when[i] for i in inv], schema.field("extracted_at").type),
+        "range_lo": np.full(n, lo), "range_hi": np.full(n, hi), "bins": np.full(n, bins, np.int32),
+        "explained_variance_ratio": np.asarray(evr, np.float64)[columns["component"]] if n else np.empty(0),
+        "min_group_filters": np.full(n, small, np.int64),
+    }
+    arrays = [v if isinstance(v, pa.Array) else pa.array(v, type=f.type) for f, v in
+              ((f, values[f.name]) for f in schema)]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def neighbour_rows(run: dict, found: list[tuple[int, int, int, float]], model_ids: list[int],
+                   names: dict[int, str], sizes: dict[int, int]) -> list[dict]:
+    """``model_neighbours`` rows from :func:`kernels.neighbours.nearest` results (indices
+    into ``model_ids``)."""
+    rows = []
+    for i, rank, j, value in sorted(found):
+        a, b = model_ids[i], model_ids[j]
+        rows.append({**run_fields(run), "model_id": a, "name": names.get(a), "rank": rank, "neighbour_id": b,
+                     "neighbour_name": names.get(b), "shift": value, "n_filters": sizes.get(a),
+                     "neighbour_n_filters": sizes.get(b)})
+    return rows

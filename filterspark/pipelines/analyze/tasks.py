@@ -12,6 +12,7 @@ from filterspark.delta.schemas import WEIGHT_COLUMNS, arrow_schema
 from filterspark.engine.scans import FilterScan
 from filterspark.errors import AnalyzeError
 from filterspark.kernels import coefficients as co
+from filterspark.kernels.layer_histograms import LayerAccumulator
 from filterspark.kernels.pca import N_WEIGHTS, PCABasis, FilterMoments, moments, project, provisional_reference, scale_filters
 from filterspark.pipelines.analyze.options import ALL, DEPTH_DIMENSION
 from filterspark.pipelines.analyze.rows import without_run
@@ -100,24 +101,28 @@ class GroupLabels:
 _DEPTH_EDGES = np.asarray(co.DEPTH_EDGES, dtype=np.float64)
 
 
-def partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.ndarray, labels: GroupLabels):
+def partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.ndarray, labels: GroupLabels | None):
     """Scan 3 (per task): a :class:`coefficients.PartitionAccumulator` for every dimension
-    at once, ``all`` and each model (counts only)."""
-    n_dims = len(labels.dims)
+    at once, ``all`` and each model (counts only), and the per-layer histograms.
+    ``labels`` None: the per-layer histograms only (an incremental run's new models)."""
+    n_dims = len(labels.dims) if labels is not None else -1
     full = frozenset(range(n_dims + 1))  # user dims and "all"; not the per-model one
-    known = np.fromiter(labels.models, dtype=np.int64)
+    known = np.fromiter(labels.models, dtype=np.int64) if labels is not None else None
 
     def task(batches) -> co.PartitionAccumulator:
-        acc = co.PartitionAccumulator(lo, hi, bins, ref, full)
+        acc = co.PartitionAccumulator(lo, hi, bins, ref, full, layers=LayerAccumulator(bins))
         for batch in batches:
             x, finite = _scaled_rows(batch)
-            model_ids = batch.column("model_id").to_numpy(zero_copy_only=False).astype(np.int64)[finite]
-            depth = batch.column("conv_depth_norm").to_numpy(zero_copy_only=False).astype(np.float64)[finite]
-            known_rows = np.isin(model_ids, known)
-            if not known_rows.all():
-                x, model_ids, depth = x[known_rows], model_ids[known_rows], depth[known_rows]
+            column = lambda name, dtype: batch.column(name).to_numpy(zero_copy_only=False).astype(dtype)[finite]
+            model_ids, layer_index = column("model_id", np.int64), column("layer_index", np.int64)
+            depth = column("conv_depth_norm", np.float64)
+            if known is not None:
+                known_rows = np.isin(model_ids, known)
+                if not known_rows.all():
+                    x, model_ids, layer_index, depth = x[known_rows], model_ids[known_rows], layer_index[known_rows], depth[known_rows]
             if x.shape[0]:
-                acc.add(x, project(x, basis), labels.codes(model_ids, depth))
+                codes = labels.codes(model_ids, depth) if labels is not None else []
+                acc.add(x, project(x, basis), codes, (model_ids, layer_index))
         return acc
 
     return task
@@ -151,3 +156,13 @@ def scan_moments(scan: FilterScan) -> FilterMoments:
     return total
 
 
+
+
+def neighbours_task(hists: np.ndarray, evr: np.ndarray, k: int):
+    """Runner task: one block of model indices → their ``k`` nearest models."""
+    from filterspark.kernels.neighbours import nearest
+
+    def task(_, rows):
+        return [nearest(hists, np.asarray(rows), evr, k)]
+
+    return task

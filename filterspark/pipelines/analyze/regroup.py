@@ -1,0 +1,224 @@
+"""Any grouping of layers from a run's ``layer_histograms`` (no filter scan).
+
+A group's counts are the sum of its layers' counts on the run's basis, range and bins,
+so a grouping is a SQL aggregation over ``layer_histograms`` joined with the
+``layer_groups`` view (every column of ``models`` and ``layers``, and ``depth_decile``),
+followed by the shift formula of :mod:`filterspark.kernels.shifts` on the driver. For a
+dimension the run analysed this gives that run's ``shifts`` rows exactly (the same
+counts, the same code); for a ``where`` predicate it keeps the run's basis and range
+(the published method refits the basis on the subset: that is ``analyze --where``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from filterspark.delta.schemas import VIEWS
+from filterspark.delta.tables import table_exists
+from filterspark.delta.warehouse import Warehouse, WarehouseOptions
+from filterspark.errors import AnalyzeError, OptionsError
+from filterspark.kernels.coefficients import GroupSummary
+from filterspark.kernels.pca import N_WEIGHTS, PCABasis
+from filterspark.pipelines.analyze.inputs import group_label_sql
+from filterspark.pipelines.analyze.options import ALL
+from filterspark.pipelines.analyze.rows import shift_rows
+
+#: The note every regrouped result carries (printed by the command, in the README).
+BASIS_NOTE = ("computed on the run's basis and coefficient range; the published method refits the basis "
+              "on a subset: for that, run analyze --where")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a regrouping reuses of one complete analysis run."""
+
+    run_id: str
+    scope: str
+    run_at: object
+    bins: int
+    lo: float
+    hi: float
+    evr: np.ndarray
+    min_group_filters: int
+    dimensions: tuple[str, ...]
+    n_filters: int
+
+    @property
+    def fields(self) -> dict:
+        return {"run_id": self.run_id, "scope": self.scope, "run_at": self.run_at}
+
+
+def find_run(spark: SparkSession, wh: Warehouse, run_id: str | None = None, scope: str | None = None) -> RunSettings:
+    """The run ``run_id``, else the latest complete run of ``scope`` (default: ``all`` if
+    there is one, else the latest of any scope)."""
+    runs = wh.table("analysis_runs")
+    if not table_exists(spark, runs):
+        raise AnalyzeError(f"no analysis runs in {wh.describe()}: run the analysis first")
+    df = runs.read(spark)
+    if run_id:
+        df = df.where(F.col("run_id") == run_id)
+    elif scope is not None:
+        df = df.where(F.col("scope") == scope)
+    rows = df.orderBy(F.col("run_id").desc()).collect()
+    if not run_id and scope is None:
+        rows = [r for r in rows if r["scope"] == ALL] or rows
+    if not rows:
+        raise AnalyzeError(f"no analysis run {run_id or ('of scope ' + repr(scope) if scope else '')} in {wh.describe()}".replace("  ", " "))
+    r = rows[0]
+    return RunSettings(
+        r["run_id"], r["scope"], r["run_at"], int(r["bins"]), float(r["range_lo"]), float(r["range_hi"]),
+        np.asarray(r["explained_variance_ratio"], np.float64), int(r["min_group_filters"]),
+        tuple(r["dimensions"] or ()), int(r["n_filters"]),
+    )
+
+
+def run_basis(spark: SparkSession, wh: Warehouse, run: RunSettings) -> PCABasis:
+    """The run's PCA basis, read back from ``pca_basis``."""
+    rows = sorted(wh.table("pca_basis").read(spark).where(F.col("run_id") == run.run_id).collect(),
+                  key=lambda r: r["component"])
+    if len(rows) != N_WEIGHTS:
+        raise AnalyzeError(f"run {run.run_id} has {len(rows)} basis rows, not {N_WEIGHTS}")
+    return PCABasis(
+        mean=np.asarray(rows[0]["mean"], np.float64),
+        components=np.asarray([[r[f"v{i}"] for i in range(N_WEIGHTS)] for r in rows], np.float64),
+        explained_variance=np.asarray([r["explained_variance"] for r in rows], np.float64),
+        explained_variance_ratio=np.asarray([r["explained_variance_ratio"] for r in rows], np.float64),
+        n_filters=int(rows[0]["n_filters"]),
+    )
+
+
+def layer_groups(spark: SparkSession, wh: Warehouse) -> DataFrame:
+    """The ``layer_groups`` view's rows (its :data:`schemas.VIEWS` query over the tables'
+    own identifiers, so it needs no registration)."""
+    query, _ = VIEWS["layer_groups"]
+    return spark.sql(query.format(db=wh.schema_sql, models=wh.table("models").sql, layers=wh.table("layers").sql))
+
+
+def layer_labels(spark: SparkSession, wh: Warehouse, by: dict[str, str], where: str | None = None) -> DataFrame:
+    """``(model_id, layer_index, dimension, group_value)``: each layer's label in every
+    dimension of ``by`` (name → SQL expression over ``layer_groups``), after ``where``."""
+    frame = layer_groups(spark, wh)
+    try:
+        if where and where.strip():
+            frame = frame.where(F.expr(where))
+        parts = [frame.select("model_id", "layer_index", F.lit(name).alias("dimension"),
+                              F.expr(group_label_sql(expr)).alias("group_value")) for name, expr in by.items()]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.unionByName(part)
+        out.schema  # resolve now: a bad expression is the user's error
+    except PySparkException as err:
+        raise OptionsError(f"bad grouping: {str(err).splitlines()[0]}") from err
+    return out
+
+
+def grouped_counts(histograms: DataFrame, labels: DataFrame, names: list[str], bins: int,
+                   stats: bool = False) -> dict[tuple[int, str], GroupSummary]:
+    """Sum ``histograms`` (``layer_histograms`` rows of one run) per group of ``labels``.
+
+    Returns per (index of the dimension in ``names``, label) a :class:`GroupSummary`
+    whose ``hist`` is the in-range counts (components, bins) and ``n`` the filters; with
+    ``stats`` also the per-component sum, sum of squares, min and max of the
+    coefficients (``total``, ``total_sq``, ``lo``, ``hi``)."""
+    joined = histograms.join(labels, ["model_id", "layer_index"])
+    counts = joined.groupBy("dimension", "group_value", "component", "bin").agg(F.sum("count").alias("count")).toArrow()
+    index = {name: i for i, name in enumerate(names)}
+    keys = list(zip(counts.column("dimension").to_pylist(), counts.column("group_value").to_pylist()))
+    uniq = sorted(set(keys))
+    code = {key: j for j, key in enumerate(uniq)}
+    g_idx = np.fromiter((code[key] for key in keys), np.intp, len(keys))
+    comp = counts.column("component").to_numpy().astype(np.intp)
+    b = counts.column("bin").to_numpy().astype(np.intp)
+    c = counts.column("count").to_numpy().astype(np.int64)
+    hist = np.zeros((len(uniq), N_WEIGHTS, bins), np.int64)
+    inside = (b >= 0) & (b < bins)
+    np.add.at(hist, (g_idx[inside], comp[inside], b[inside]), c[inside])
+    n = np.bincount(g_idx[comp == 0], weights=c[comp == 0], minlength=len(uniq)).astype(np.int64)
+    out = {(index[d], label): GroupSummary(int(n[j]), hist[j]) for j, (d, label) in enumerate(uniq)}
+    if stats:
+        per_layer = histograms.groupBy("model_id", "layer_index", "component").agg(
+            *[F.first(col).alias(col) for col in ("coef_sum", "coef_sumsq", "coef_min", "coef_max")]
+        )
+        sums = per_layer.join(labels, ["model_id", "layer_index"]).groupBy("dimension", "group_value", "component").agg(
+            F.sum("coef_sum").alias("s"), F.sum("coef_sumsq").alias("ss"), F.min("coef_min").alias("lo"),
+            F.max("coef_max").alias("hi"),
+        )
+        for r in sums.collect():
+            g = out.get((index[r["dimension"]], r["group_value"]))
+            if g is None:
+                continue
+            if g.total is None:
+                g.total, g.total_sq = np.zeros(N_WEIGHTS), np.zeros(N_WEIGHTS)
+                g.lo, g.hi = np.full(N_WEIGHTS, np.nan), np.full(N_WEIGHTS, np.nan)
+            k = int(r["component"])
+            g.total[k], g.total_sq[k], g.lo[k], g.hi[k] = r["s"], r["ss"], r["lo"], r["hi"]
+    return out
+
+
+def run_histograms(spark: SparkSession, wh: Warehouse, run_id: str) -> DataFrame:
+    """The ``layer_histograms`` rows of one run."""
+    table = wh.table("layer_histograms")
+    if not table_exists(spark, table):
+        raise AnalyzeError(f"no layer_histograms table in {wh.describe()}: run the analysis again (this version writes it)")
+    return table.read(spark).where(F.col("run_id") == run_id)
+
+
+@dataclass
+class ShiftsOptions(WarehouseOptions):
+    """``filterspark shifts``: the shift matrix of any grouping of a run's layers."""
+
+    by: str = ""
+    where: str | None = None
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.by or not self.by.strip():
+            raise OptionsError("shifts needs --by: a SQL expression over the columns of models, layers and depth_decile")
+        super().__post_init__()
+
+
+@dataclass
+class ShiftsResult:
+    run: RunSettings
+    rows: list[dict]
+    note: str = BASIS_NOTE
+
+    COLUMNS = ("group_a", "group_b", "shift", "kl_components", "n_a", "n_b", "small")
+
+
+def shifts_by(spark: SparkSession, options: ShiftsOptions) -> ShiftsResult:
+    """Both orders of every pair of groups of ``options.by`` (rows as in ``shifts``)."""
+    wh = options.tables
+    run = find_run(spark, wh, options.run_id)
+    labels = layer_labels(spark, wh, {options.by: options.by}, options.where)
+    groups = grouped_counts(run_histograms(spark, wh, run.run_id), labels, [options.by], run.bins)
+    if not groups:
+        raise AnalyzeError(f"no layer of run {run.run_id} falls in any group of {options.by!r}"
+                           + (f" where {options.where}" if options.where else ""))
+    rows = shift_rows(run.fields, groups, [options.by], run.evr, run.lo, run.hi, run.min_group_filters)
+    return ShiftsResult(run, rows)
+
+
+NEIGHBOUR_COLUMNS = ("rank", "neighbour_name", "shift", "neighbour_id", "neighbour_n_filters")
+
+
+def nearest_models(spark: SparkSession, options: WarehouseOptions, model: str, run_id: str | None = None) -> tuple[RunSettings, list]:
+    """(the run, ``model_neighbours`` rows of ``model`` — a name or a model id — by rank)."""
+    wh = options.tables
+    run = find_run(spark, wh, run_id)
+    table = wh.table("model_neighbours")
+    if not table_exists(spark, table):
+        raise AnalyzeError(f"no model_neighbours table in {wh.describe()}: run the analysis again (this version writes it)")
+    rows = table.read(spark).where(F.col("run_id") == run.run_id)
+    match = F.col("name") == model
+    if model.lstrip("-").isdigit():
+        match = match | (F.col("model_id") == int(model))
+    found = rows.where(match).orderBy("rank").collect()
+    if not found:
+        raise AnalyzeError(f"no model {model!r} in run {run.run_id} (names are models.name; the model must be ok "
+                           "and in the run's scope)")
+    return run, found
