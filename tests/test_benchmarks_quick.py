@@ -83,6 +83,11 @@ def test_analyze_quick_agrees(quick_data: Path) -> None:
     assert "shifts agree" in stdout and "histogram counts agree" in stdout
 
 
+def test_regroup_quick_agrees(quick_data: Path) -> None:
+    stdout = run_script("regroup.py", "--data", str(quick_data))
+    assert "[ok] shifts --by task equals the run's" in stdout and "[ok] the incremental run read 1 model" in stdout
+
+
 def test_extract_quick_agrees() -> None:
     stdout = run_script("extract.py")
     assert "same weights, filter indices and depths per layer" in stdout

@@ -279,7 +279,8 @@ def expected_figures(run: dict, result) -> list[str]:
     grids = [f.name for f in result.figures if f.name.startswith("filters_")]
     assert len(grids) == 2
     return (["pca_basis", "explained_variance", "coefficient_density_c0_c1"] + [f"ridge_{d}" for d in dims]
-            + [f"shift_heatmap_{d}" for d in dims] + ["shift_boxplot", "quality_scatter", "quality_depth_health",
+            + [f"shift_heatmap_{d}" for d in dims] + ["shift_boxplot", "shift_heatmap_by_format", "quality_scatter",
+                                                      "quality_depth_health",
                                                       "quality_depth_task"] + grids)
 
 
@@ -289,7 +290,7 @@ def report(spark, analysed, tmp_path_factory):
 
     warehouse, run = analysed
     out = tmp_path_factory.mktemp("report") / "report"
-    result = build_report(spark, ReportOptions(warehouse=warehouse, out=str(out)))
+    result = build_report(spark, ReportOptions(warehouse=warehouse, out=str(out), shifts_by=("format",)))
     print("\n".join(result.lines()))
     return out, result, run
 
@@ -315,6 +316,13 @@ def test_report_contains_every_figure_and_the_summary_tables(spark, report, tabl
     largest = page.split("<h2>Largest shifts between groups</h2>", 1)[1]
     first_row = re.search(r"<tbody>\s*<tr>(.*?)</tr>", largest, re.S).group(1)
     assert re.findall(r"<td>(.*?)</td>", first_row)[:4] == [top["dimension"], top["group_a"], top["group_b"], str(round(top["shift"], 4))]
+    # the drawn models' nearest models, as model_neighbours has them
+    nearest = page.split("<h2>Nearest models of the models drawn</h2>", 1)[1].split("<h2>", 1)[0]
+    drawn = [f.name.removeprefix("filters_") for f in result.figures if f.name.startswith("filters_")]
+    expected = sql(spark, "SELECT name, neighbour_name FROM filterdb.model_neighbours WHERE run_id = {r} ORDER BY name, rank",
+                   r=run["run_id"])
+    expected = expected[expected["name"].isin(drawn)]
+    assert len(expected) > 0 and re.findall(r"<tr>\s*<td>[^<]*</td>\s*<td>\d+</td>\s*<td>([^<]*)</td>", nearest) == list(expected["neighbour_name"])
     flagged = sql(spark, "SELECT count(*) AS n FROM filterdb.layers WHERE degenerate_random OR degenerate_sparse "
                   "OR degenerate_low_variety")["n"][0]
     degenerated = page.split("<h2>Degenerated layers</h2>", 1)[1].split("<h2>", 1)[0]

@@ -28,6 +28,7 @@ from filterspark.delta.warehouse import WarehouseOptions
 from filterspark.errors import ReportError
 from filterspark.outputs import plots
 from filterspark.outputs import report_data as rd
+from filterspark.pipelines.analyze.regroup import BASIS_NOTE, ShiftsOptions, shifts_by
 
 #: Rows shown in the long summary tables.
 TABLE_LIMIT = 200
@@ -54,6 +55,11 @@ SELECT dimension, group_a, group_b, round(shift, 4) AS shift, n_a, n_b, small
 FROM {db}.shifts WHERE run_id = {run_id} AND group_a < group_b AND shift IS NOT NULL
 ORDER BY small, shift DESC, dimension, group_a, group_b"""
 
+NEIGHBOURS_SQL = """\
+SELECT name AS model, rank, neighbour_name AS neighbour, round(shift, 4) AS shift, neighbour_n_filters
+FROM {db}.model_neighbours WHERE run_id = {run_id} AND model_id IN ({ids})
+ORDER BY name, rank"""
+
 MODEL_SHIFTS_SQL = """\
 SELECT name, round(shift, 4) AS shift, n_filters, n_rest, small
 FROM {db}.model_shifts WHERE run_id = {run_id} AND dimension = 'all' AND shift IS NOT NULL
@@ -78,6 +84,7 @@ class ReportOptions(WarehouseOptions):
     scope: str = "all"
     models: tuple[str, ...] = ()  # filter grids of these models (default: healthiest and most degenerated)
     group_by: tuple[str, ...] = (rd.HEALTH, "task")  # model groups of the depth box plots
+    shifts_by: tuple[str, ...] = ()  # any-grouping shift heatmaps (SQL expressions, as shifts --by)
     inline: bool = False
 
 
@@ -169,6 +176,13 @@ def build_figures(spark, options: ReportOptions, run: dict | None):
                 plots.shift_heatmap(shifts, dim)
         yield FigureEntry("shift_boxplot", "Pairwise shifts per dimension", "Each unordered pair of groups once.",
                           "shifts"), plots.shift_boxplot(shifts)
+        for expr in options.shifts_by:
+            rows = shifts_by(spark, ShiftsOptions(warehouse=options.warehouse, database=db,
+                                                  catalog_name=options.catalog_name, by=expr, run_id=rid)).rows
+            frame = pd.DataFrame([{"dimension": expr, **r} for r in rows], columns=["dimension", "group_a", "group_b", "shift"])
+            yield FigureEntry(f"shift_heatmap_by_{_slug(expr)}", f"Shifts between groups of {expr}",
+                              f"D(P,Q) per pair of groups of the expression, summed from the run's per-layer "
+                              f"histograms ({BASIS_NOTE}).", "layer_histograms"), plots.shift_heatmap(frame, expr)
     layers = rd.layer_rows(spark, db)
     groups = rd.model_groups(spark, db, (rd.HEALTH, *options.group_by))
     yield FigureEntry("quality_scatter", "Layer entropy vs. sparsity", "Every 3x3 layer of the ok models; a model is "
@@ -257,6 +271,14 @@ def build_report(spark, options: ReportOptions, on_figure: Callable[[FigureEntry
             ("Models farthest from the rest of the population",
              _table_html(_sql(spark, MODEL_SHIFTS_SQL, db, run_id=run["run_id"]), TOP_SHIFTS)),
         ]
+        drawn = [m for m, _, _ in _grid_models(spark, db, options.models)]
+        if drawn and "model_neighbours" in tables:
+            sections.append((
+                "Nearest models of the models drawn",
+                "<p class=meta>By the shift between the two models' whole coefficient histograms "
+                "(<code>model_neighbours</code>; <code>filterspark neighbours --model NAME</code>).</p>"
+                + _table_html(_sql(spark, NEIGHBOURS_SQL.replace("{ids}", ",".join(str(int(m)) for m in drawn)), db,
+                                 run_id=run["run_id"]))))
         about = (f"analysis run <code>{html.escape(run['run_id'])}</code>, scope <code>{html.escape(run['scope'])}</code>: "
                  f"{run['n_filters']:,} filters of {run['n_models']} models, {run['bins']} bins, dimensions "
                  f"{html.escape(', '.join(run['dimensions']))}")
@@ -292,6 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the least and the most degenerated model)")
     parser.add_argument("--group-by", default=",".join(ReportOptions.group_by), help="model groups of the depth "
                         "box plots: health, a column of models or a metadata key (comma-separated)")
+    parser.add_argument("--shifts-by", action="append", default=[], help="also draw the shift heatmap of this "
+                        "grouping (a SQL expression, as filterspark shifts --by; repeatable)")
     parser.add_argument("--inline", action="store_true", help="embed the PNGs in index.html (one file)")
 
 
@@ -301,7 +325,7 @@ def run(spark, args: argparse.Namespace) -> int:
         warehouse=args.warehouse, out=args.out, database=args.database, catalog_name=args.catalog_name,
         run_id=args.run_id, scope=args.scope,
         models=tuple(args.model), group_by=tuple(g.strip() for g in args.group_by.split(",") if g.strip()),
-        inline=args.inline,
+        shifts_by=tuple(args.shifts_by), inline=args.inline,
     )
     result = build_report(spark, options)
     for line in result.lines():
