@@ -337,3 +337,23 @@ def check(ok: bool, what: str, failures: list[str]) -> None:
 
 def command_line() -> str:
     return " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
+
+
+def data_parser(doc: str):
+    """The arguments every benchmark on make_filters.py data takes: ``--data``, ``--quick``,
+    ``--master``, ``--driver-memory`` (add the script's own, then :func:`parse_data_args`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--data", type=Path, help="a make_filters.py output directory")
+    p.add_argument("--quick", action="store_true", help="checks only: 20k generated filters unless --data is given")
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--driver-memory", default="2g")
+    return p
+
+
+def parse_data_args(p, argv: list[str] | None):
+    args = p.parse_args(argv)
+    if not args.quick and args.data is None:
+        p.error("--data is required (except with --quick)")
+    return args

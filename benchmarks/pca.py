@@ -20,7 +20,6 @@ contender runs ``--repeat`` times; the best time counts (the machine is shared).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -106,17 +105,11 @@ def compare(name: str, ref, other, failures: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, help="a make_filters.py output directory")
-    p.add_argument("--quick", action="store_true", help="checks only: 20k generated filters unless --data is given")
+    p = common.data_parser(__doc__)
     p.add_argument("--repeat", type=int, default=1, help="runs per contender; the best time counts")
     p.add_argument("--skip-mllib", action="store_true")
     p.add_argument("--skip-in-memory", action="store_true")
-    p.add_argument("--master", default="local[2]")
-    p.add_argument("--driver-memory", default="2g")
-    args = p.parse_args(argv)
-    if not args.quick and args.data is None:
-        p.error("--data is required (except with --quick)")
+    args = common.parse_data_args(p, argv)
 
     print(common.machine_line())
     spark = common.spark_session("bench-pca", args.master, args.driver_memory, quick=args.quick)

@@ -18,7 +18,6 @@ One process, on a copy of the data's warehouse (the original stays as it is):
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -57,14 +56,7 @@ def table_bytes(warehouse: str, database: str, table: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, help="a make_filters.py output directory")
-    p.add_argument("--quick", action="store_true", help="checks only: 20k generated filters unless --data is given")
-    p.add_argument("--master", default="local[2]")
-    p.add_argument("--driver-memory", default="2g")
-    args = p.parse_args(argv)
-    if not args.quick and args.data is None:
-        p.error("--data is required (except with --quick)")
+    args = common.parse_data_args(common.data_parser(__doc__), argv)
 
     from pyspark.sql import functions as F
 

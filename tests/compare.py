@@ -46,7 +46,7 @@ def assert_same_tables(spark, expected_wh: str, actual_wh: str, model_ids: list[
 
 
 #: Columns of the analysis tables that differ between two runs of the same analysis.
-RUN_VOLATILE = ("run_id", "run_at", "finished_at", "seconds")
+RUN_VOLATILE = ("run_id", "run_at", "finished_at", "seconds", "extracted_at")
 #: Analysis tables and the columns that identify a row within one run.
 ANALYSIS_KEYS = {
     "pca_basis": ["component"],
@@ -54,6 +54,8 @@ ANALYSIS_KEYS = {
     "coefficient_stats": ["dimension", "group_value", "component"],
     "shifts": ["dimension", "group_a", "group_b"],
     "model_shifts": ["model_id", "dimension", "group_value"],
+    "layer_histograms": ["model_id", "layer_index", "component", "bin"],
+    "model_neighbours": ["model_id", "rank"],
     "analysis_runs": [],
 }
 

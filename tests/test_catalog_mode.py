@@ -26,8 +26,8 @@ def test_catalog_mode_writes_and_reads_managed_tables(spark, demo_warehouse, ana
 
         tables = {t.name: t.tableType for t in spark.catalog.listTables(f"{CATALOG}.{DATABASE}")}
         assert {n: k for n, k in tables.items() if k != "VIEW"} == dict.fromkeys(
-            ["analysis_runs", "coefficient_histograms", "coefficient_stats", "filters", "layers", "model_shifts",
-             "models", "pca_basis", "shifts"], "MANAGED")
+            ["analysis_runs", "coefficient_histograms", "coefficient_stats", "filters", "layer_histograms", "layers",
+             "model_neighbours", "model_shifts", "models", "pca_basis", "shifts"], "MANAGED")
         assert tables["shifts_latest"] == "VIEW"
         for name in ("models", "filters", "shifts"):
             detail = spark.sql(f"DESCRIBE DETAIL {CATALOG}.{DATABASE}.{name}").first()
