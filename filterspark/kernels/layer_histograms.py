@@ -69,6 +69,31 @@ def extended_bin_ids(coarse: np.ndarray, coeffs: np.ndarray, lo: float, bins: in
     return ext
 
 
+def _layer_runs(model_ids: np.ndarray, layer_index: np.ndarray):
+    """The batch's distinct (model, layer) keys ``(L, 2)``, each row's key code, the row
+    order that sorts the codes (None when they are sorted already, the usual case: files
+    hold a model's layers in order) and where each key's run starts in that order."""
+    models, m_code = np.unique(model_ids, return_inverse=True)
+    span = int(layer_index.max()) + 1 if layer_index.size else 1
+    flat = m_code.reshape(-1).astype(np.int64) * span + layer_index
+    if flat.size < 2 or (flat[1:] >= flat[:-1]).all():
+        order = None
+        sorted_flat = flat
+    else:
+        order = np.argsort(flat, kind="stable")
+        sorted_flat = flat[order]
+    starts = np.flatnonzero(np.r_[True, sorted_flat[1:] != sorted_flat[:-1]])
+    keys_flat = sorted_flat[starts]
+    run_code = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, flat.size]))
+    if order is None:
+        code = run_code
+    else:
+        code = np.empty_like(run_code)
+        code[order] = run_code
+    uniq = np.stack([models[keys_flat // span], keys_flat % span], axis=1)
+    return uniq, code, order, starts
+
+
 @dataclass
 class LayerAccumulator:
     """Accumulates one task's batches per ``(model_id, layer_index)``."""
@@ -82,15 +107,11 @@ class LayerAccumulator:
         n, k = coeffs.shape
         if n == 0:
             return
-        keys = np.stack([np.asarray(model_ids, np.int64), np.asarray(layer_index, np.int64)], axis=1)
-        uniq, code = np.unique(keys, axis=0, return_inverse=True)
-        code = code.reshape(-1)
+        uniq, code, order, starts = _layer_runs(np.asarray(model_ids, np.int64), np.asarray(layer_index, np.int64))
         width = k * (self.bins + 2)
         counts = np.bincount((code[:, None] * width + ext_ids).reshape(-1), minlength=len(uniq) * width)
         counts = counts.reshape(len(uniq), k, self.bins + 2)
-        order = np.argsort(code, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0])
-        sorted_coeffs = coeffs[order]
+        sorted_coeffs = coeffs if order is None else coeffs[order]
         low = np.minimum.reduceat(sorted_coeffs, starts, axis=0)
         high = np.maximum.reduceat(sorted_coeffs, starts, axis=0)
         total = np.add.reduceat(sorted_coeffs, starts, axis=0)

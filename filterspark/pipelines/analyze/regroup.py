@@ -118,44 +118,45 @@ def layer_labels(spark: SparkSession, wh: Warehouse, by: dict[str, str], where: 
 
 def grouped_counts(histograms: DataFrame, labels: DataFrame, names: list[str], bins: int,
                    stats: bool = False) -> dict[tuple[int, str], GroupSummary]:
-    """Sum ``histograms`` (``layer_histograms`` rows of one run) per group of ``labels``.
+    """Sum ``histograms`` (``layer_histograms`` rows of one run) per group of ``labels``
+    (one Spark aggregation; the labels, one row per layer and dimension, are broadcast).
 
     Returns per (index of the dimension in ``names``, label) a :class:`GroupSummary`
     whose ``hist`` is the in-range counts (components, bins) and ``n`` the filters; with
     ``stats`` also the per-component sum, sum of squares, min and max of the
-    coefficients (``total``, ``total_sq``, ``lo``, ``hi``)."""
-    joined = histograms.join(labels, ["model_id", "layer_index"])
-    counts = joined.groupBy("dimension", "group_value", "component", "bin").agg(F.sum("count").alias("count")).toArrow()
+    coefficients (``total``, ``total_sq``, ``lo``, ``hi``). A layer-component's sums
+    repeat on each of its bin rows, so each row contributes ``count / n_filters`` of them.
+    """
+    share = F.col("count") / F.col("n_filters")
+    counts = histograms.join(F.broadcast(labels), ["model_id", "layer_index"]).groupBy(
+        "dimension", "group_value", "component", "bin"
+    ).agg(
+        F.sum("count").alias("count"), F.sum(share * F.col("coef_sum")).alias("s"),
+        F.sum(share * F.col("coef_sumsq")).alias("ss"), F.min("coef_min").alias("lo"), F.max("coef_max").alias("hi"),
+    ).toArrow()
     index = {name: i for i, name in enumerate(names)}
     keys = list(zip(counts.column("dimension").to_pylist(), counts.column("group_value").to_pylist()))
     uniq = sorted(set(keys))
     code = {key: j for j, key in enumerate(uniq)}
     g_idx = np.fromiter((code[key] for key in keys), np.intp, len(keys))
-    comp = counts.column("component").to_numpy().astype(np.intp)
-    b = counts.column("bin").to_numpy().astype(np.intp)
-    c = counts.column("count").to_numpy().astype(np.int64)
+    column = lambda name, dtype: counts.column(name).to_numpy(zero_copy_only=False).astype(dtype)  # noqa: E731
+    comp, b, c = column("component", np.intp), column("bin", np.intp), column("count", np.int64)
     hist = np.zeros((len(uniq), N_WEIGHTS, bins), np.int64)
     inside = (b >= 0) & (b < bins)
     np.add.at(hist, (g_idx[inside], comp[inside], b[inside]), c[inside])
     n = np.bincount(g_idx[comp == 0], weights=c[comp == 0], minlength=len(uniq)).astype(np.int64)
     out = {(index[d], label): GroupSummary(int(n[j]), hist[j]) for j, (d, label) in enumerate(uniq)}
     if stats:
-        per_layer = histograms.groupBy("model_id", "layer_index", "component").agg(
-            *[F.first(col).alias(col) for col in ("coef_sum", "coef_sumsq", "coef_min", "coef_max")]
-        )
-        sums = per_layer.join(labels, ["model_id", "layer_index"]).groupBy("dimension", "group_value", "component").agg(
-            F.sum("coef_sum").alias("s"), F.sum("coef_sumsq").alias("ss"), F.min("coef_min").alias("lo"),
-            F.max("coef_max").alias("hi"),
-        )
-        for r in sums.collect():
-            g = out.get((index[r["dimension"]], r["group_value"]))
-            if g is None:
-                continue
-            if g.total is None:
-                g.total, g.total_sq = np.zeros(N_WEIGHTS), np.zeros(N_WEIGHTS)
-                g.lo, g.hi = np.full(N_WEIGHTS, np.nan), np.full(N_WEIGHTS, np.nan)
-            k = int(r["component"])
-            g.total[k], g.total_sq[k], g.lo[k], g.hi[k] = r["s"], r["ss"], r["lo"], r["hi"]
+        shape = (len(uniq), N_WEIGHTS)
+        total, total_sq = np.zeros(shape), np.zeros(shape)
+        low, high = np.full(shape, np.inf), np.full(shape, -np.inf)
+        np.add.at(total, (g_idx, comp), column("s", np.float64))
+        np.add.at(total_sq, (g_idx, comp), column("ss", np.float64))
+        np.minimum.at(low, (g_idx, comp), column("lo", np.float64))
+        np.maximum.at(high, (g_idx, comp), column("hi", np.float64))
+        for j, (d, label) in enumerate(uniq):
+            g = out[(index[d], label)]
+            g.total, g.total_sq, g.lo, g.hi = total[j], total_sq[j], low[j], high[j]
     return out
 
 
