@@ -9,8 +9,13 @@ read the Delta snapshot's Parquet files with pyarrow, or a DataFrame through
    provisional mean, merged exactly) → :func:`kernels.pca.pca_from_moments`;
 2. the min/max coefficient → the shared histogram range;
 3. a :class:`kernels.coefficients.PartitionAccumulator` for all dimensions at once (plus
-   the whole scope and each model); the driver computes histograms, stats and shift
-   matrices (:mod:`.rows`).
+   the whole scope, each model and each layer: ``layer_histograms``); the driver
+   computes histograms, stats and shift matrices (:mod:`.rows`), and Spark tasks each
+   model's nearest models (``model_neighbours``).
+
+An incremental run (:func:`run_incremental`) reuses the latest complete run's basis and
+range, scans only new or replaced models (scan 3 alone, per layer), carries the other
+models' layer histograms over and sums every grouped table from them (:mod:`.regroup`).
 
 Each table gets one Delta append per run (its new ``run_id``); ``analysis_runs`` is
 written last, so the ``<table>_latest`` views only ever show complete runs.
