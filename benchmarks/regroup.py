@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     common.results_table([t_full, *timings, t_inc])
     print()
-    common.ratio_line("incremental / full run", t_inc, t_full, "proportional to the new model", quick=args.quick)
+    common.ratio_line("incremental / full run", t_inc, t_full, quick=args.quick)
     common.print_table(["layer_histograms", "value"], [
         ["rows (one run)", f"{n_rows:,}"],
         ["layers", f"{n_layers:,}"],

@@ -126,6 +126,7 @@ def snapshot_detail(spark: SparkSession, location: str) -> dict:
         "properties": properties,
         "tableFeatures": sorted(f.name() for f in features),
         "numFiles": checksum_file_count(data_path, int(snapshot.version())),
+        "schemaString": snapshot.metadata().schemaString(),
     }
 
 
@@ -160,10 +161,10 @@ def _scala_list(spark: SparkSession, items: Iterable):
     return jvm.scala.jdk.javaapi.CollectionConverters.asScala(java_list).toList()
 
 
-def _write_operation(spark: SparkSession, partition_columns: list[str], predicate: str):
+def _write_operation(spark: SparkSession, partition_columns: list[str], predicate: str | None):
     """``DeltaOperations.Write(Overwrite, partitionBy, predicate)`` as the history entry
-    (its other arguments at their defaults); ``ManualUpdate`` if this Delta's ``Write``
-    cannot be built that way."""
+    (``Append`` without a predicate; its other arguments at their defaults);
+    ``ManualUpdate`` if this Delta's ``Write`` cannot be built that way."""
     jvm = spark.sparkContext._jvm
     try:
         write_class = _jvm_class(spark, "org.apache.spark.sql.delta.DeltaOperations$Write")
@@ -171,9 +172,10 @@ def _write_operation(spark: SparkSession, partition_columns: list[str], predicat
         constructor = write_class.getConstructors()[0]
         arity = constructor.getParameterCount()
         args = spark.sparkContext._gateway.new_array(jvm.java.lang.Object, arity)
-        args[0] = jvm.org.apache.spark.sql.SaveMode.Overwrite
+        mode = jvm.org.apache.spark.sql.SaveMode
+        args[0] = mode.Overwrite if predicate is not None else mode.Append
         args[1] = jvm.scala.Option.apply(_scala_list(spark, partition_columns))
-        args[2] = jvm.scala.Option.apply(predicate)
+        args[2] = jvm.scala.Option.apply(predicate) if predicate is not None else jvm.scala.Option.empty()
         for i in range(3, arity):
             args[i] = getattr(companion, f"$lessinit$greater$default${i + 1}")()
         return constructor.newInstance(args)
@@ -227,6 +229,14 @@ def replace_files(
     txn = _start(spark, table.location)
     removes = [f.remove() for f in _matching_files(spark, txn, predicate)]
     return _commit(spark, txn, removes + _add_actions(spark, add_actions), predicate, partition_columns)
+
+
+def append_files(spark: SparkSession, table: TableRef, add_actions: list[str]) -> int:
+    """One Delta commit adding ``add_actions`` (files already written into the table's
+    directory) as a blind append: it reads nothing, so it never conflicts with another
+    writer. Returns the new version."""
+    txn = _start(spark, table.location)
+    return int(txn.commit(_scala_list(spark, _add_actions(spark, add_actions)), _write_operation(spark, [], None)))
 
 
 #: Largest total size of files :func:`rewrite_rows` rewrites on the driver.

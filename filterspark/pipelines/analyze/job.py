@@ -35,7 +35,7 @@ import numpy as np
 from filterspark.delta import schemas as S
 from filterspark.delta.registry import register_tables, registered_warehouse
 from filterspark.delta.schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS
-from filterspark.delta.tables import append_rows, ensure_table, rows_frame
+from filterspark.delta.tables import append_arrow, append_rows, ensure_table
 from filterspark.delta.warehouse import id_predicate
 from filterspark.engine.phases import Phases
 from filterspark.engine.runner import run_tasks
@@ -50,7 +50,7 @@ from filterspark.pipelines.analyze.inputs import analysis_input, is_model_level,
 from filterspark.pipelines.analyze.options import ALL, AnalyzeOptions, AnalyzeReport, DEPTH_DIMENSION, MODEL_DIMENSION
 from filterspark.pipelines.analyze.regroup import find_run, grouped_counts, layer_labels, run_basis, run_histograms
 from filterspark.pipelines.analyze.rows import (
-    basis_rows, extremes, histogram_table, layer_histogram_table, model_shift_rows, neighbour_rows, run_fields,
+    arrow_rows, basis_rows, extremes, histogram_table, layer_histogram_table, model_shift_rows, neighbour_rows, run_fields,
     shift_rows, stats_rows, with_run, without_run,
 )
 from filterspark.pipelines.analyze.tasks import GroupLabels, coefficient_task, neighbours_task, partials_task, range_task, scan_moments
@@ -115,7 +115,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     layers = acc.layers.columns() if acc is not None else LayerAccumulator(options.bins).columns()
     layer_table = layer_histogram_table(layers, run, {i: r["extracted_at"] for i, r in model_labels.items()},
                                         lo, hi, options.bins, basis.explained_variance_ratio, options.min_filters)
-    frames = {"layer_histograms": spark.createDataFrame(layer_table, schema=S.LAYER_HISTOGRAMS)}
+    frames = {"layer_histograms": layer_table}
     if options.write_coefficients:
         coeffs = joined.select("model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS).mapInArrow(
             coefficient_task(basis), without_run(S.COEFFICIENTS)
@@ -207,12 +207,18 @@ def _model_labels(models: DataFrame, dims: dict[str, str]) -> tuple[list[int], d
     return model_level, {r["model_id"]: r.asDict() for r in rows}
 
 
-def _write(spark: SparkSession, options: AnalyzeOptions, report: AnalyzeReport, name: str, df: DataFrame) -> None:
-    table = ensure_table(spark, options.tables, name=name, schema=ANALYSIS_TABLES[name])
+def _write(spark: SparkSession, options: AnalyzeOptions, report: AnalyzeReport, name: str, data) -> None:
+    """Append one table's rows of the run: a DataFrame (executors' rows) or a pyarrow
+    Table built on the driver (written here, no Spark job, where the table allows)."""
+    schema = ANALYSIS_TABLES[name]
+    table = ensure_table(spark, options.tables, name=name, schema=schema)
     # An append: the run id is new, so no earlier row can match it. (A replaceWhere on
     # the non-partition run_id costs a delete scan: ~10x an append, measured.) New
     # columns of a newer version are added to an older warehouse's table (mergeSchema).
-    append_rows(df, table, f"write {name}", merge_schema=True)
+    if isinstance(data, DataFrame):
+        append_rows(data, table, f"write {name}", merge_schema=True)
+    else:
+        append_arrow(spark, table, data, f"write {name}", schema)
     report.tables.append(name)
 
 
@@ -235,17 +241,14 @@ def _finish(spark, options, report, run, phase, started, groups, names, model_le
     neighbours = _neighbours(spark, run, per_model, model_labels, evr, lo, hi, options.neighbours)
     phase("neighbours", "write tables")
 
-    hist = spark.createDataFrame(
-        histogram_table(public, all_names, lo, hi, bins, small), schema=without_run(S.COEFFICIENT_HISTOGRAMS)
-    )
     frames = {
         **frames,
-        "pca_basis": rows_frame(spark, basis_rows(run, basis), S.PCA_BASIS),
-        "coefficient_histograms": with_run(hist, run, S.COEFFICIENT_HISTOGRAMS),
-        "coefficient_stats": rows_frame(spark, stats_rows(run, public, all_names, basis, lo, hi, small), S.COEFFICIENT_STATS),
-        "shifts": rows_frame(spark, shifts, S.SHIFTS),
-        "model_shifts": rows_frame(spark, model_rows, S.MODEL_SHIFTS),
-        "model_neighbours": rows_frame(spark, neighbours, S.MODEL_NEIGHBOURS),
+        "pca_basis": arrow_rows(basis_rows(run, basis), S.PCA_BASIS),
+        "coefficient_histograms": histogram_table(run, public, all_names, lo, hi, bins, small),
+        "coefficient_stats": arrow_rows(stats_rows(run, public, all_names, basis, lo, hi, small), S.COEFFICIENT_STATS),
+        "shifts": arrow_rows(shifts, S.SHIFTS),
+        "model_shifts": arrow_rows(model_rows, S.MODEL_SHIFTS),
+        "model_neighbours": arrow_rows(neighbours, S.MODEL_NEIGHBOURS),
     }
     # Independent tables: commit them concurrently (Delta commits are mostly latency).
     with ThreadPoolExecutor(max_workers=len(frames)) as pool:
@@ -263,7 +266,7 @@ def _finish(spark, options, report, run, phase, started, groups, names, model_le
         "base_run_id": report.base_run_id, "models_rescanned": report.models_rescanned,
         "outside_share": report.outside_share, "neighbours_k": options.neighbours, **summary,
     }
-    _write(spark, options, report, "analysis_runs", rows_frame(spark, [record], S.ANALYSIS_RUNS))
+    _write(spark, options, report, "analysis_runs", arrow_rows([record], S.ANALYSIS_RUNS))
     if not _registered(spark, options, report.tables):
         register_tables(spark, options.tables)
     phase("write")

@@ -47,9 +47,24 @@ def basis_rows(run: dict, basis: PCABasis) -> list[dict]:
     ]
 
 
-def histogram_table(groups: dict, names: list[str], lo: float, hi: float, bins: int, small: int):
-    """Arrow table of coefficient_histograms' non-run columns (one row per dimension,
-    group, component and bin)."""
+def arrow_rows(rows: list[dict], schema: StructType):
+    """A pyarrow Table of dict rows in ``schema`` (missing keys become null)."""
+    import pyarrow as pa
+
+    target = arrow_schema(schema)
+    return pa.Table.from_pylist([{f.name: row.get(f.name) for f in target} for row in rows], schema=target)
+
+
+def _run_arrays(run: dict, n: int, schema) -> dict:
+    """The run's columns for ``n`` rows of an Arrow ``schema``."""
+    import pyarrow as pa
+
+    return {"run_id": pa.array([run["run_id"]] * n, pa.string()), "scope": pa.array([run["scope"]] * n, pa.string()),
+            "run_at": pa.array([run["run_at"]] * n, schema.field("run_at").type)}
+
+
+def histogram_table(run: dict, groups: dict, names: list[str], lo: float, hi: float, bins: int, small: int):
+    """Arrow table of coefficient_histograms (one row per dimension, group, component and bin)."""
     import pyarrow as pa
 
     from filterspark.delta.schemas import COEFFICIENT_HISTOGRAMS
@@ -68,8 +83,11 @@ def histogram_table(groups: dict, names: list[str], lo: float, hi: float, bins: 
         cols["probability"].append(normalised_histogram(g.hist, lo, hi).reshape(-1))
         cols["n_filters"].append(np.full(m, g.n, np.int64))
         cols["small_group"].append(np.full(m, g.n < small))
-    schema = arrow_schema(without_run(COEFFICIENT_HISTOGRAMS))
-    return pa.Table.from_arrays([pa.array(np.concatenate(cols[f.name]), type=f.type) for f in schema], schema=schema)
+    schema = arrow_schema(COEFFICIENT_HISTOGRAMS)
+    n = sum(len(c) for c in cols["count"])
+    values = {**{k: np.concatenate(v) if v else np.empty(0) for k, v in cols.items()}, **_run_arrays(run, n, schema)}
+    return pa.Table.from_arrays([v if isinstance(v, pa.Array) else pa.array(v, type=f.type)
+                                 for f, v in ((f, values[f.name]) for f in schema)], schema=schema)
 
 
 def stats_rows(run: dict, groups: dict, names: list[str], basis: PCABasis, lo: float, hi: float, small: int):
@@ -151,9 +169,7 @@ def layer_histogram_table(columns: dict[str, np.ndarray], run: dict, extracted_a
     when = [extracted_at.get(int(m)) for m in uniq]
     values = {
         **columns,
-        "run_id": pa.array([run["run_id"]] * n, pa.string()) if n else pa.array([], pa.string()),
-        "scope": pa.array([run["scope"]] * n, pa.string()) if n else pa.array([], pa.string()),
-        "run_at": pa.array([run["run_at"]] * n, schema.field("run_at").type),
+        **_run_arrays(run, n, schema),
         "extracted_at": pa.array([when[i] for i in inv], schema.field("extracted_at").type),
         "range_lo": np.full(n, lo), "range_hi": np.full(n, hi), "bins": np.full(n, bins, np.int32),
         "explained_variance_ratio": np.asarray(evr, np.float64)[columns["component"]] if n else np.empty(0),
