@@ -275,3 +275,22 @@ def test_incremental_run_covers_all_models_on_the_frozen_basis(spark, analyzed_w
     np.testing.assert_allclose(everything["mean"], ref.coeffs.mean(axis=0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(everything["std"], ref.coeffs.std(axis=0, ddof=1), rtol=1e-7)
     assert_neighbours_match(read(spark, wh, "model_neighbours", report.run_id), ref)
+
+
+def test_a_warehouse_of_an_older_version_gets_the_new_columns(spark, demo_warehouse, tmp_path):
+    """analysis_runs written by an older version (without the incremental and neighbour
+    columns): the run appends through Spark's writer, which adds them."""
+    from pyspark.sql.types import StructType
+
+    from filterspark.delta.schemas import ANALYSIS_RUNS
+    from filterspark.delta.tables import ensure_table
+
+    wh = str(tmp_path / "warehouse")
+    shutil.copytree(demo_warehouse["warehouse"], wh)
+    register_tables(spark, wh)
+    new = {"base_run_id", "models_rescanned", "outside_share", "neighbours_k"}
+    ensure_table(spark, wh, name="analysis_runs", schema=StructType([f for f in ANALYSIS_RUNS.fields if f.name not in new]))
+    report = run_analysis(spark, AnalyzeOptions(warehouse=wh, by=("task",)))
+    runs = read(spark, wh, "analysis_runs", report.run_id)
+    assert new <= set(runs.columns) and len(runs) == 1
+    assert runs["neighbours_k"][0] == 10 and runs["outside_share"][0] == 0.0
