@@ -362,17 +362,24 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``only``, only that command gets its arguments (the
+    others keep their one-line help), so a command imports nothing of the others (the demo
+    zoo's torch, the report's matplotlib: seconds at every start)."""
     parser = argparse.ArgumentParser(prog="filterspark", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            add_arguments(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a :class:`FilterSparkError` is printed as ``error: ...`` (exit 2)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=command).parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
     except FilterSparkError as err:
