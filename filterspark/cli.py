@@ -6,6 +6,7 @@ Each sub-command has an ``add_*_arguments(parser)`` and a ``run_*(args) -> int``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +18,10 @@ DEFAULT_ZOO_DIR = "demo_zoo"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="warehouse directory or URI (default: ./warehouse)")
+    parser.add_argument(
+        "--warehouse", default=None,
+        help="warehouse directory or URI (default: the one a `filterspark serve` at --remote serves, else ./warehouse)",
+    )
     parser.add_argument("--database", default=DEFAULT_DATABASE, help="database (schema) of the tables (default: filterdb)")
     parser.add_argument(
         "--catalog-name", default=None,
@@ -46,13 +50,17 @@ def _thresholds(args: argparse.Namespace):
 
 
 def _session(args: argparse.Namespace, app_name: str):
-    """The session a command runs on, with the warehouse's tables named."""
-    from filterspark.engine.session import build_session
+    """The session a command runs on, with the warehouse's tables named; ``args.warehouse``
+    is set to the warehouse used when none was given."""
+    from filterspark.engine.session import build_session, warehouse_in_use
 
-    return build_session(
+    spark = build_session(
         app_name=app_name, warehouse=args.warehouse, database=args.database,
         remote=getattr(args, "remote", None), catalog=getattr(args, "catalog_name", None),
+        default_warehouse=DEFAULT_WAREHOUSE,
     )
+    args.warehouse = warehouse_in_use(spark, args.warehouse, args.database)
+    return spark
 
 
 # --- setup -------------------------------------------------------------------------------
@@ -196,8 +204,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 
     by = tuple(d.strip() for d in args.by.split(",") if d.strip()) if args.by else None
-    options = AnalyzeOptions(
-        warehouse=args.warehouse,
+    options = AnalyzeOptions(  # checked before a session starts; the warehouse is set once it runs
+        warehouse=args.warehouse or DEFAULT_WAREHOUSE,
         database=args.database,
         catalog_name=args.catalog_name,
         by=by,
@@ -208,7 +216,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         scan=args.scan,
     )
     spark = _session(args, "filterspark-analyze")
-    report = run_analysis(spark, options)
+    report = run_analysis(spark, dataclasses.replace(options, warehouse=args.warehouse))
     for line in report.lines():
         print(line)
     print(f"tables: {', '.join(report.tables)} (views: <table>_latest) in {options.tables.describe()}")
