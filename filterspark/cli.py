@@ -350,6 +350,50 @@ def run_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve ---------------------------------------------------------------------------------
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from filterspark.engine.server import TOKEN_ENV, ServeOptions
+
+    defaults = ServeOptions()
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="warehouse directory or URI (default: ./warehouse)")
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="database (schema) of the tables (default: filterdb)")
+    parser.add_argument("--host", default=defaults.host,
+                        help=f"address Spark Connect listens on (default {defaults.host}; any other needs a token)")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"Spark Connect port (default {defaults.port})")
+    parser.add_argument("--jdbc-port", type=int, default=defaults.jdbc_port,
+                        help=f"HiveServer2 JDBC/ODBC port, always on 127.0.0.1 (default {defaults.jdbc_port}; 0: off)")
+    parser.add_argument("--token", default=None,
+                        help=f"token clients must present (default: ${TOKEN_ENV}; prefer the variable, "
+                        "a command line is visible to other users)")
+    parser.add_argument("--master", default=None, help="Spark master (default: spark.master, else local[*])")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="any Spark setting")
+    parser.add_argument("--refresh-seconds", type=float, default=defaults.refresh_seconds,
+                        help=f"how often new tables are looked for (default {defaults.refresh_seconds:g}; 0: never)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the warehouse over Spark Connect and JDBC until SIGINT/SIGTERM."""
+    import os
+
+    from filterspark.engine.server import TOKEN_ENV, ServeOptions, serve
+    from filterspark.errors import ServeError
+
+    conf = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ServeError(f"--conf {item!r} is not KEY=VALUE")
+        conf[key.strip()] = value
+    options = ServeOptions(
+        warehouse=args.warehouse, database=args.database, host=args.host, port=args.port, jdbc_port=args.jdbc_port,
+        token=args.token or os.environ.get(TOKEN_ENV) or None, master=args.master, conf=conf,
+        refresh_seconds=args.refresh_seconds,
+    )
+    return serve(options)
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -367,6 +411,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     ),
     "report": ("every figure and the summary tables as a static HTML page", add_report_arguments, run_report),
     "notebook": ("run a Databricks source notebook locally (notebook run X.py)", add_notebook_arguments, run_notebook),
+    "serve": ("serve the warehouse to SQL clients: Spark Connect and JDBC (HiveServer2)", add_serve_arguments, run_serve),
 }
 
 
