@@ -216,7 +216,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         scan=args.scan,
     )
     spark = _session(args, "filterspark-analyze")
-    report = run_analysis(spark, dataclasses.replace(options, warehouse=args.warehouse))
+    options = dataclasses.replace(options, warehouse=args.warehouse)
+    report = run_analysis(spark, options)
     for line in report.lines():
         print(line)
     print(f"tables: {', '.join(report.tables)} (views: <table>_latest) in {options.tables.describe()}")
