@@ -26,6 +26,8 @@ _API = {
     "configure_builder": "filterspark.engine.session",
     "Warehouse": "filterspark.delta.warehouse",
     "register_tables": "filterspark.delta.registry",
+    "ServeOptions": "filterspark.engine.server",
+    "serve": "filterspark.engine.server",
     # sources
     "CatalogEntry": "filterspark.sources.catalog",
     "read_catalog": "filterspark.sources.catalog",

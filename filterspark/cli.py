@@ -6,6 +6,7 @@ Each sub-command has an ``add_*_arguments(parser)`` and a ``run_*(args) -> int``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +18,10 @@ DEFAULT_ZOO_DIR = "demo_zoo"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="warehouse directory or URI (default: ./warehouse)")
+    parser.add_argument(
+        "--warehouse", default=None,
+        help="warehouse directory or URI (default: the one a `filterspark serve` at --remote serves, else ./warehouse)",
+    )
     parser.add_argument("--database", default=DEFAULT_DATABASE, help="database (schema) of the tables (default: filterdb)")
     parser.add_argument(
         "--catalog-name", default=None,
@@ -46,13 +50,17 @@ def _thresholds(args: argparse.Namespace):
 
 
 def _session(args: argparse.Namespace, app_name: str):
-    """The session a command runs on, with the warehouse's tables named."""
-    from filterspark.engine.session import build_session
+    """The session a command runs on, with the warehouse's tables named; ``args.warehouse``
+    is set to the warehouse used when none was given."""
+    from filterspark.engine.session import build_session, warehouse_in_use
 
-    return build_session(
+    spark = build_session(
         app_name=app_name, warehouse=args.warehouse, database=args.database,
         remote=getattr(args, "remote", None), catalog=getattr(args, "catalog_name", None),
+        default_warehouse=DEFAULT_WAREHOUSE,
     )
+    args.warehouse = warehouse_in_use(spark, args.warehouse, args.database)
+    return spark
 
 
 # --- setup -------------------------------------------------------------------------------
@@ -207,8 +215,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 
     by = tuple(d.strip() for d in args.by.split(",") if d.strip()) if args.by else None
-    options = AnalyzeOptions(
-        warehouse=args.warehouse,
+    options = AnalyzeOptions(  # checked before a session starts; the warehouse is set once it runs
+        warehouse=args.warehouse or DEFAULT_WAREHOUSE,
         database=args.database,
         catalog_name=args.catalog_name,
         by=by,
@@ -221,6 +229,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         **{k: v for k, v in (("outside_threshold", args.outside_threshold), ("neighbours", args.neighbours)) if v is not None},
     )
     spark = _session(args, "filterspark-analyze")
+    options = dataclasses.replace(options, warehouse=args.warehouse)
     report = run_analysis(spark, options)
     for line in report.lines():
         print(line)
@@ -270,9 +279,10 @@ def run_shifts(args: argparse.Namespace) -> int:
     from filterspark.outputs.formatting import format_rows
     from filterspark.pipelines.analyze.regroup import ShiftsOptions, shifts_by
 
+    spark = _session(args, "filterspark-shifts")
     options = ShiftsOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name,
                             by=args.by, where=args.where, run_id=args.run_id)
-    result = shifts_by(_session(args, "filterspark-shifts"), options)
+    result = shifts_by(spark, options)
     print(f"# run {result.run.run_id} (scope {result.run.scope}): {result.note}", file=sys.stderr)
     format_rows(list(result.COLUMNS), [tuple(r[c] for c in result.COLUMNS) for r in result.rows], args.format)
     return 0
@@ -291,8 +301,9 @@ def run_neighbours(args: argparse.Namespace) -> int:
     from filterspark.outputs.formatting import format_rows
     from filterspark.pipelines.analyze.regroup import NEIGHBOUR_COLUMNS, nearest_models
 
+    spark = _session(args, "filterspark-neighbours")
     options = WarehouseOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name)
-    run, rows = nearest_models(_session(args, "filterspark-neighbours"), options, args.model, args.run_id)
+    run, rows = nearest_models(spark, options, args.model, args.run_id)
     print(f"# nearest models to {args.model} (run {run.run_id}, scope {run.scope})", file=sys.stderr)
     format_rows(list(NEIGHBOUR_COLUMNS), [tuple(r[c] for c in NEIGHBOUR_COLUMNS) for r in rows], args.format)
     return 0
@@ -403,6 +414,50 @@ def run_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve ---------------------------------------------------------------------------------
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from filterspark.engine.server import TOKEN_ENV, ServeOptions
+
+    defaults = ServeOptions()
+    parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="warehouse directory or URI (default: ./warehouse)")
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="database (schema) of the tables (default: filterdb)")
+    parser.add_argument("--host", default=defaults.host,
+                        help=f"address Spark Connect listens on (default {defaults.host}; any other needs a token)")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"Spark Connect port (default {defaults.port})")
+    parser.add_argument("--jdbc-port", type=int, default=defaults.jdbc_port,
+                        help=f"HiveServer2 JDBC/ODBC port, always on 127.0.0.1 (default {defaults.jdbc_port}; 0: off)")
+    parser.add_argument("--token", default=None,
+                        help=f"token clients must present (default: ${TOKEN_ENV}; prefer the variable, "
+                        "a command line is visible to other users)")
+    parser.add_argument("--master", default=None, help="Spark master (default: spark.master, else local[*])")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="any Spark setting")
+    parser.add_argument("--refresh-seconds", type=float, default=defaults.refresh_seconds,
+                        help=f"how often new tables are looked for (default {defaults.refresh_seconds:g}; 0: never)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the warehouse over Spark Connect and JDBC until SIGINT/SIGTERM."""
+    import os
+
+    from filterspark.engine.server import TOKEN_ENV, ServeOptions, serve
+    from filterspark.errors import ServeError
+
+    conf = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ServeError(f"--conf {item!r} is not KEY=VALUE")
+        conf[key.strip()] = value
+    options = ServeOptions(
+        warehouse=args.warehouse, database=args.database, host=args.host, port=args.port, jdbc_port=args.jdbc_port,
+        token=args.token or os.environ.get(TOKEN_ENV) or None, master=args.master, conf=conf,
+        refresh_seconds=args.refresh_seconds,
+    )
+    return serve(options)
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
@@ -422,20 +477,28 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     ),
     "report": ("every figure and the summary tables as a static HTML page", add_report_arguments, run_report),
     "notebook": ("run a Databricks source notebook locally (notebook run X.py)", add_notebook_arguments, run_notebook),
+    "serve": ("serve the warehouse to SQL clients: Spark Connect and JDBC (HiveServer2)", add_serve_arguments, run_serve),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``only``, only that command gets its arguments (the
+    others keep their one-line help), so a command imports nothing of the others (the demo
+    zoo's torch, the report's matplotlib: seconds at every start)."""
     parser = argparse.ArgumentParser(prog="filterspark", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            add_arguments(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a :class:`FilterSparkError` is printed as ``error: ...`` (exit 2)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=command).parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
     except FilterSparkError as err:

@@ -43,5 +43,9 @@ class SessionError(FilterSparkError, RuntimeError):
     """The Spark session lacks something filterspark needs (Delta, a capability)."""
 
 
+class ServeError(FilterSparkError, ValueError):
+    """``filterspark serve`` cannot start as asked (a host off loopback without a token, a bad port)."""
+
+
 class TableBeingCreated(FilterSparkError, RuntimeError):
     """A concurrent job is half-way through creating the same table (retryable)."""

@@ -300,3 +300,110 @@ def run_cli(args: list[str], timeout: float = 600, env: dict[str, str] | None = 
     done = subprocess.run([sys.executable, "-m", "filterspark.cli", *args], cwd=REPO, env=run_env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, text=True)
     return done.returncode, done.stdout
+
+
+class ServeProcess:
+    """``filterspark serve`` as its own foreground process (as a user runs it) on free
+    ports of 127.0.0.1, ready once it prints its ready line; ``stop`` sends SIGTERM to it
+    alone (its clean shutdown), then kills what is left of its process group."""
+
+    def __init__(self, root: Path, warehouse: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.warehouse = warehouse
+        self.args = list(args)
+        self.env = env
+        self.port, self.jdbc_port = free_port(), free_port()
+        self.url = f"sc://127.0.0.1:{self.port}"
+        self.jdbc_url = f"jdbc:hive2://127.0.0.1:{self.jdbc_port}/filterdb"
+        self.procs = ProcGroup()
+        self.proc: Proc | None = None
+        self.started_in = 0.0
+
+    def start(self, timeout: float = 300) -> "ServeProcess":
+        t0 = time.monotonic()
+        conf = {**SUBMIT_DEFAULTS, "spark.driver.memory": "1g"}
+        cmd = [sys.executable, "-m", "filterspark.cli", "serve", "--warehouse", str(self.warehouse),
+               "--port", str(self.port), "--jdbc-port", str(self.jdbc_port), "--master", "local[2]",
+               *(f"--conf={k}={v}" for k, v in conf.items()), *self.args]
+        env = self.env or spark_env(self.root / "spark-conf")
+        self.proc = self.procs.start("serve", cmd, self.root / f"serve-{self.port}.log", env)
+        wait_for(self._ready, timeout, f"filterspark serve on port {self.port}")
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.popen.poll() is not None:
+            raise RuntimeError(f"filterspark serve exited with {self.proc.popen.returncode}:\n{self.proc.text()[-3000:]}")
+        return "filterspark serve: ready" in self.proc.text()
+
+    def terminate(self, timeout: float = 90) -> int:
+        """SIGTERM to the server process itself; its exit code."""
+        self.proc.popen.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.popen.poll() is None:
+            try:
+                self.terminate()
+            except TimeoutError:
+                pass
+        self.procs.stop_all()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += parents.get(current, [])
+    return tree
+
+
+def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that one of ``pids`` holds, read
+    from /proc/net/tcp{,6} and the processes' file descriptors."""
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(packed)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            found.add((str(ip), int(port, 16)))
+    return found
+
+
+def beeline(jdbc_url: str, *statements: str, timeout: float = 180) -> tuple[int, str]:
+    """pip's pyspark ``bin/beeline`` running ``statements`` against ``jdbc_url``: exit code
+    and output (results as CSV with a header line per statement)."""
+    env = spark_env(Path(os.environ.get("TMPDIR", "/tmp")) / "beeline-conf")
+    done = subprocess.run([spark_bin("beeline"), "-u", jdbc_url, "--silent=true", "--outputformat=csv2", "--nullemptystring=true",
+                           "-e", "; ".join(statements)], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, text=True)
+    return done.returncode, done.stdout

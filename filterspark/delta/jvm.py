@@ -9,6 +9,9 @@ module of the project that touches ``_jvm``/``_jsparkSession``.
   pyarrow and removes the files they replace. The log, its conflict checks, checkpoints
   and history stay Delta's; we only supply the ``add`` actions (with exact per-file
   statistics) and say which partitions they replace.
+* :func:`resolve_packages`, :func:`start_thrift_server` and :func:`context_stopped`:
+  what ``filterspark serve`` needs of the driver's JVM (Spark's own package
+  resolution, ``HiveThriftServer2.startWithContext``).
 
 Callers ask :func:`unavailable_reason` first: None means these paths work on this
 session; otherwise they take the public-API path (``DESCRIBE DETAIL``, Delta's
@@ -289,3 +292,63 @@ def rewrite_rows(
         raise
 
 
+
+
+# --- serving (``filterspark serve``) --------------------------------------------------------
+
+
+def resolve_packages(coordinates: list[str]) -> list[str]:
+    """The local JAR files of Maven ``coordinates`` and their dependencies, as Spark's own
+    Ivy resolution (``spark.jars.packages``) fetches or finds them in its cache, from a
+    short-lived gateway JVM started for it."""
+    from urllib.parse import urlparse
+
+    from pyspark import SparkConf
+    from pyspark.java_gateway import launch_gateway
+
+    gateway = launch_gateway(SparkConf().set("spark.jars.packages", ",".join(coordinates)))
+    try:
+        jars = gateway.jvm.java.lang.System.getProperty("spark.jars") or ""
+    finally:
+        gateway.shutdown()
+        if gateway.proc is not None:
+            gateway.proc.stdin.close()  # the gateway JVM exits when its stdin closes
+            gateway.proc.wait(timeout=60)
+    return [urlparse(j).path if j.startswith("file:") else j for j in jars.split(",") if j]
+
+
+def start_thrift_server(spark: SparkSession, scratch_dir: str):
+    """Start a HiveServer2-compatible JDBC/ODBC endpoint (Spark's Thrift server) on the
+    session's application; returns its handle for :func:`stop_thrift_server`. Its host,
+    port and Hive settings come from the session's ``spark.hadoop.hive.server2.*``
+    settings; the log of its in-memory Derby metastore goes to ``scratch_dir`` (else to
+    ``derby.log`` in the working directory)."""
+    jvm = spark.sparkContext._jvm
+    jvm.java.lang.System.setProperty("derby.stream.error.file", os.path.join(scratch_dir, "derby.log"))
+    server_class = jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2
+    return server_class.startWithContext(spark._jsparkSession.sqlContext())
+
+
+def stop_thrift_server(handle) -> None:
+    """Stop the JDBC endpoint; nothing to do when its JVM is gone already."""
+    try:
+        handle.stop()
+    except Py4JError:
+        pass
+
+
+def context_stopped(spark: SparkSession) -> bool:
+    """Whether the session's SparkContext has stopped (or its JVM is gone)."""
+    try:
+        return bool(spark.sparkContext._jsc.sc().isStopped())
+    except Py4JError:
+        return True
+
+
+def stop_session(spark: SparkSession) -> None:
+    """``spark.stop()``, tolerating a JVM that is gone already (a signal sent to the whole
+    process group reaches the JVM too, which then stops by its own shutdown hook)."""
+    try:
+        spark.stop()
+    except Py4JError:
+        pass

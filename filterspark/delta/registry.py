@@ -1,5 +1,11 @@
 """Naming a warehouse's tables in a session: path-mode Delta directories registered as
-external tables ``database.table``, the ``<table>_latest`` views of both modes."""
+external tables ``database.table``, the ``<table>_latest`` views of both modes.
+
+A ``filterspark serve`` server names its warehouse once for all its clients (the catalog
+of one Spark application is shared by its sessions) and says so in two settings
+(:data:`SERVED_WAREHOUSE_CONF`, :data:`SERVED_DATABASE_CONF`): its Connect clients then
+skip what is registered already, and may not re-point its database at another warehouse.
+"""
 from __future__ import annotations
 
 import os
@@ -8,11 +14,16 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 from filterspark.delta import jvm
-from filterspark.delta.capabilities import session_key
+from filterspark.delta.capabilities import is_connect, session_key
 from filterspark.delta.files import local_path
 from filterspark.delta.schemas import ALL_TABLES, VIEWS
 from filterspark.delta.sql_functions import register_functions
 from filterspark.delta.warehouse import DEFAULT_DATABASE, Warehouse, as_warehouse, quote, same_location
+from filterspark.errors import SessionError
+
+#: Settings of a ``filterspark serve`` application: the warehouse (URI) and database it serves.
+SERVED_WAREHOUSE_CONF = "spark.filterspark.serve.warehouse"
+SERVED_DATABASE_CONF = "spark.filterspark.serve.database"
 
 
 #: (Spark session id, schema) → the warehouse URI its names were last registered for.
@@ -25,6 +36,14 @@ def registered_warehouse(spark: SparkSession, database: str = DEFAULT_DATABASE) 
     return _REGISTERED.get((session_key(spark), quote(database)))
 
 
+def served_warehouse(spark: SparkSession, database: str = DEFAULT_DATABASE) -> str | None:
+    """The warehouse (URI) a ``filterspark serve`` server serves as ``database``, when
+    ``spark`` is a Spark Connect session to one; else None."""
+    if not is_connect(spark) or spark.conf.get(SERVED_DATABASE_CONF, None) != database:
+        return None
+    return spark.conf.get(SERVED_WAREHOUSE_CONF, None)
+
+
 def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database: str = DEFAULT_DATABASE) -> list[str]:
     """Name every project table of the warehouse in the session's catalog and define the
     ``<table>_latest`` views; returns the tables found.
@@ -34,7 +53,13 @@ def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database:
     dropping names whose tables this warehouse lacks; their data is never touched).
     Catalog mode makes the catalog the session's current one and only (re)defines the
     views: managed tables are named already. The project's SQL functions are registered
-    too (sessions the project did not build: a notebook's ``spark``).
+    too (sessions the project did not build: a notebook's ``spark``; they are
+    session-scoped, so each client session of a server registers its own).
+
+    On a Connect session to a ``filterspark serve`` server of this database, the server
+    keeps the names: nothing is done when every table and view is named already (new
+    tables a client just wrote are added), and another warehouse is refused (it would
+    re-point the names of every client).
     """
     wh = as_warehouse(warehouse, database)
     register_functions(spark)
@@ -48,11 +73,21 @@ def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database:
         _register_views(spark, wh, names)
         return names
     db_location = f"{wh.uri}/{wh.database}.db"
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {quote(wh.database)} LOCATION '{db_location}'")
     root = local_path(db_location)
+    served = served_warehouse(spark, wh.database)
+    if served is not None:
+        if not same_location(served, wh.uri):
+            raise SessionError(
+                f"the Spark Connect server serves database {wh.database} from {served}: naming it for "
+                f"{wh.uri} would re-point the tables of every client (use warehouse={served!r}, "
+                "or another database)"
+            )
+        if root is not None and _served_names_complete(spark, wh, table_dirs(root)):
+            _REGISTERED[(session_key(spark), wh.schema_sql)] = wh.uri
+            return table_dirs(root)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {quote(wh.database)} LOCATION '{db_location}'")
     if root is not None:
-        names = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
-                       if os.path.isdir(os.path.join(root, n, "_delta_log")))
+        names = table_dirs(root)
     elif jvm.unavailable_reason(spark) is None:
         names = jvm.list_table_dirs(spark, db_location)
     else:  # a remote file system seen through Connect: look for the project's tables
@@ -70,6 +105,20 @@ def register_tables(spark: SparkSession, warehouse: "Warehouse | str", database:
     _register_views(spark, wh, names)
     _REGISTERED[(session_key(spark), wh.schema_sql)] = wh.uri
     return names
+
+
+def table_dirs(root: str) -> list[str]:
+    """The Delta tables (sub-directories with a ``_delta_log``) of a local database directory."""
+    return sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                  if os.path.isdir(os.path.join(root, n, "_delta_log")))
+
+
+def _served_names_complete(spark: SparkSession, wh: Warehouse, tables: list[str]) -> bool:
+    """Whether the server already names every table of ``tables`` and each view they make
+    (one catalog request)."""
+    named = {t.name for t in spark.catalog.listTables(wh.database) if not t.isTemporary}
+    views = {view for view, (_, needs) in VIEWS.items() if all(t in tables for t in needs)}
+    return named >= set(tables) | views
 
 
 def _managed_tables(spark: SparkSession, wh: Warehouse) -> list[str]:

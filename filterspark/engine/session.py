@@ -21,7 +21,7 @@ from typing import Mapping
 
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import set_log_level
-from filterspark.delta.registry import register_tables
+from filterspark.delta.registry import register_tables, served_warehouse
 from filterspark.delta.sql_functions import register_functions
 from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, warehouse_uri
 from filterspark.engine.resources import is_local_master
@@ -54,7 +54,7 @@ def delta_maven_coordinate() -> str:
     return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
 
 
-def _delta_on_classpath(preset: Mapping[str, str]) -> bool:
+def delta_on_classpath(preset: Mapping[str, str]) -> bool:
     """True when Delta's JARs need no Maven resolution (Databricks or already supplied)."""
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         return True
@@ -108,7 +108,7 @@ def configure_builder(
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    if not _delta_on_classpath({**preset, **settings}):
+    if not delta_on_classpath({**preset, **settings}):
         if os.environ.get("PYSPARK_GATEWAY_PORT") and not jvm.delta_on_driver_classpath():
             raise SessionError(
                 "Delta Lake is not on this spark-submit's classpath. Run `filterspark setup` once "
@@ -158,6 +158,7 @@ def build_session(
     extra_packages: list[str] | None = None,
     remote: str | None = None,
     catalog: str | None = None,
+    default_warehouse: str | None = None,
 ):
     """Return a Delta-enabled SparkSession with the project's SQL functions and the
     warehouse's tables registered.
@@ -166,10 +167,14 @@ def build_session(
     a driver here; the server's own Delta and warehouse settings then apply. An already
     running classic session is reused (notebooks, Databricks, tests) as it is.
     ``catalog`` selects catalog mode (tables managed as ``catalog.database.table``).
+    ``default_warehouse`` is registered when ``warehouse`` is None, except on a Connect
+    session to a ``filterspark serve`` server of ``database``: its warehouse is used then.
+    Without either, no warehouse is registered.
     """
     from pyspark.sql import SparkSession
 
     wh = Warehouse(warehouse or DEFAULT_WAREHOUSE, database, catalog) if (warehouse or catalog) else None
+    warehouse = warehouse or default_warehouse
     url = remote_url(remote)
     if url:
         spark = SparkSession.builder.remote(url).getOrCreate()
@@ -189,11 +194,20 @@ def build_session(
             )
             spark = builder.getOrCreate()
             set_log_level(spark, os.environ.get("FILTERSPARK_LOG_LEVEL", "WARN"))
+    if wh is None and default_warehouse:
+        wh = Warehouse(warehouse_in_use(spark, None, database, default_warehouse), database)
     if wh is not None:
         register_tables(spark, wh)  # registers the functions too
     else:
         register_functions(spark)
     return spark
+
+
+def warehouse_in_use(spark, warehouse: str | None, database: str = DEFAULT_DATABASE,
+                     default: str = DEFAULT_WAREHOUSE) -> str:
+    """The warehouse a command works on: ``warehouse`` when given, else the one a
+    ``filterspark serve`` server serves as ``database`` to this session, else ``default``."""
+    return warehouse or served_warehouse(spark, database) or default
 
 
 def install_spark_defaults(spark_home: str | None = None) -> Path:

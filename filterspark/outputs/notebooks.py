@@ -279,7 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser = sub.add_parser("run", help="execute a Databricks source notebook locally",
                                 description="execute a Databricks source notebook locally")
     run_parser.add_argument("notebook", help="path of the notebook (.py, Databricks source format)")
-    run_parser.add_argument("--warehouse", default=DEFAULT_WAREHOUSE, help="widget 'warehouse' (default: ./warehouse)")
+    run_parser.add_argument("--warehouse", default=None, help="widget 'warehouse' (default: the one a `filterspark "
+                            f"serve` at --remote serves, else {DEFAULT_WAREHOUSE})")
     run_parser.add_argument("--database", default=DEFAULT_DATABASE, help="widget 'database' (default: filterdb)")
     run_parser.add_argument("--catalog-name", default=None, help="widget 'catalog_name': catalog mode (tables managed "
                             "as CATALOG.DATABASE.TABLE)")
@@ -291,19 +292,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``filterspark notebook run``: the notebook on a session of the given warehouse (and remote)."""
-    from filterspark.engine.session import build_session
+    from filterspark.delta.warehouse import DEFAULT_WAREHOUSE
+    from filterspark.engine.session import build_session, warehouse_in_use
 
-    params = {"warehouse": args.warehouse, "database": args.database}
-    if args.catalog_name:
-        params["catalog_name"] = args.catalog_name
+    widgets = {}
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep:
             print(f"error: --param {item!r} is not NAME=VALUE", file=sys.stderr)
             return 2
-        params[name.strip()] = value
+        widgets[name.strip()] = value
     spark = build_session(app_name=f"filterspark-notebook-{Path(args.notebook).stem}", warehouse=args.warehouse,
-                          database=args.database, remote=args.remote, catalog=args.catalog_name)
+                          database=args.database, remote=args.remote, catalog=args.catalog_name,
+                          default_warehouse=DEFAULT_WAREHOUSE)
+    params = {"warehouse": warehouse_in_use(spark, args.warehouse, args.database), "database": args.database}
+    if args.catalog_name:
+        params["catalog_name"] = args.catalog_name
+    params.update(widgets)
     try:
         result = run_notebook(args.notebook, spark, params=params, out_dir=args.out)
     except (NotebookError, OSError) as err:
