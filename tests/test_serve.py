@@ -120,6 +120,35 @@ def test_connect_client_and_beeline_read_models_and_shifts_latest(spark, server,
     print(f"[serve] beeline, whole process: {time.monotonic() - t0:.1f} s")
 
 
+def _readme_sql(marker: str) -> str:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(rf"<!-- {marker} -->\s*```sql\n(.*?)```", text, re.S).group(1).strip()
+
+
+def test_any_grouping_shifts_through_the_server(spark, server, served_warehouse):
+    """The README's plain SQL through JDBC (no project code in the client), the table
+    function and ``filterspark shifts`` through Connect: the run's family shifts."""
+    rows = spark.read.format("delta").load(str(served_warehouse / "filterdb.db" / "shifts")).where(
+        "dimension = 'family'").orderBy("group_a", "group_b").select("group_a", "group_b", "shift").collect()
+    expected = _normal([(r.group_a, r.group_b, round(r.shift, 6)) for r in rows])
+    assert len(expected) > 2
+    header = "group_a,group_b,shift"
+    wrap = "SELECT group_a, group_b, round(shift, 6) AS shift FROM ({}) t ORDER BY group_a, group_b"
+    rc, out = beeline(server.jdbc_url, wrap.format(_readme_sql("any-grouping-shifts-sql")))
+    assert rc == 0, out[-3000:]
+    assert _csv_sets(out, [header], quotechar="\0") == [expected]
+    function = _readme_sql("any-grouping-shifts-function").rsplit("ORDER BY", 1)[0]
+    rc, out = run_cli(["sql", "--remote", server.url, "--format", "csv", wrap.format(function)])
+    assert rc == 0, out[-3000:]
+    assert _csv_sets(out, [header]) == [expected]
+    rc, out = run_cli(["shifts", "--remote", server.url, "--by", "family", "--format", "csv"])
+    assert rc == 0, out[-3000:]
+    got = [line.split(",")[:3] for line in out.strip().splitlines() if line.count(",") >= 6 and not line.startswith("group_a")]
+    assert [[a, b, round(float(x), 6)] for a, b, x in got] == expected
+
+
 def test_listens_on_loopback_only_by_default(server):
     sockets = listening_sockets(process_tree(server.proc.popen.pid))
     ports = {port for _, port in sockets}
