@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1
+    print("all checks passed")
     return 0
 
 
