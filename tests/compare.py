@@ -3,6 +3,7 @@ by two runs (another cluster manager, another client), equal row for row."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -97,3 +98,13 @@ def _assert_close(x, y, rtol: float, what: str) -> None:
             assert len(u) == len(v), f"{what}[{i}]: lengths differ"
         else:
             assert u == v, f"{what}[{i}]: {u!r} != {v!r}"
+
+
+def readme_sql(marker: str) -> str:
+    """The SQL block of README.md that follows ``<!-- marker -->``."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```sql\n(.*?)```", text, re.S)
+    assert match, f"README has no SQL block marked {marker}"
+    return match.group(1).strip()

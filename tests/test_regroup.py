@@ -4,7 +4,6 @@ the in-memory reference of test_analyze (the published method, sharing no code w
 job) on the run's basis and range."""
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +16,9 @@ from filterspark.delta.registry import register_tables
 from filterspark.delta.warehouse import table_path
 from filterspark.pipelines.analyze import AnalyzeOptions, run_analysis
 from filterspark.pipelines.analyze.regroup import ShiftsOptions, shifts_by
+from compare import readme_sql
 from test_analyze import Reference, load_population
 
-REPO = Path(__file__).resolve().parents[1]
 W = [f"w{i}" for i in range(9)]
 SHIFT_COLUMNS = ("group_a", "group_b", "shift", "kl_components", "n_a", "n_b", "small")
 
@@ -121,19 +120,12 @@ def test_shifts_by_any_expression_equals_numpy_on_the_runs_basis(spark, run):
     assert "refits the basis" in result.note
 
 
-def _readme_sql(marker: str) -> str:
-    text = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- {marker} -->\s*```sql\n(.*?)```", text, re.S)
-    assert match, f"README has no SQL block marked {marker}"
-    return match.group(1)
-
-
 def test_the_readme_sql_and_the_table_function_give_the_commands_numbers(spark, run):
     command = shifts_by(spark, ShiftsOptions(warehouse=run["warehouse"], by="family")).rows
     expected = {(r["group_a"], r["group_b"]): (r["shift"], np.asarray(r["kl_components"]), r["n_a"], r["n_b"], r["small"])
                 for r in command}
     for marker, rtol in (("any-grouping-shifts-sql", 1e-9), ("any-grouping-shifts-function", 1e-12)):
-        rows = [r.asDict() for r in spark.sql(_readme_sql(marker)).collect()]
+        rows = [r.asDict() for r in spark.sql(readme_sql(marker)).collect()]
         assert_rows_match(rows, expected, rtol=rtol)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from clusters import ServeProcess, beeline, listening_sockets, process_tree, run_cli, spark_env
+from compare import readme_sql
 
 CLIENT = Path(__file__).with_name("connect_queries.py")
 TOKEN = "test-token-0123456789abcdef"
@@ -120,13 +121,6 @@ def test_connect_client_and_beeline_read_models_and_shifts_latest(spark, server,
     print(f"[serve] beeline, whole process: {time.monotonic() - t0:.1f} s")
 
 
-def _readme_sql(marker: str) -> str:
-    import re
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    return re.search(rf"<!-- {marker} -->\s*```sql\n(.*?)```", text, re.S).group(1).strip()
-
-
 def test_any_grouping_shifts_through_the_server(spark, server, served_warehouse):
     """The README's plain SQL through JDBC (no project code in the client), the table
     function and ``filterspark shifts`` through Connect: the run's family shifts."""
@@ -136,10 +130,10 @@ def test_any_grouping_shifts_through_the_server(spark, server, served_warehouse)
     assert len(expected) > 2
     header = "group_a,group_b,shift"
     wrap = "SELECT group_a, group_b, round(shift, 6) AS shift FROM ({}) t ORDER BY group_a, group_b"
-    rc, out = beeline(server.jdbc_url, wrap.format(_readme_sql("any-grouping-shifts-sql")))
+    rc, out = beeline(server.jdbc_url, wrap.format(readme_sql("any-grouping-shifts-sql")))
     assert rc == 0, out[-3000:]
     assert _csv_sets(out, [header], quotechar="\0") == [expected]
-    function = _readme_sql("any-grouping-shifts-function").rsplit("ORDER BY", 1)[0]
+    function = readme_sql("any-grouping-shifts-function").rsplit("ORDER BY", 1)[0]
     rc, out = run_cli(["sql", "--remote", server.url, "--format", "csv", wrap.format(function)])
     assert rc == 0, out[-3000:]
     assert _csv_sets(out, [header]) == [expected]

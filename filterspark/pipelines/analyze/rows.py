@@ -63,10 +63,16 @@ def _run_arrays(run: dict, n: int, schema) -> dict:
             "run_at": pa.array([run["run_at"]] * n, schema.field("run_at").type)}
 
 
-def histogram_table(run: dict, groups: dict, names: list[str], lo: float, hi: float, bins: int, small: int):
-    """Arrow table of coefficient_histograms (one row per dimension, group, component and bin)."""
+def _arrow_table(values: dict, schema):
+    """A pyarrow Table of ``schema`` from column values (Arrow arrays or numpy arrays)."""
     import pyarrow as pa
 
+    return pa.Table.from_arrays([v if isinstance(v, pa.Array) else pa.array(v, type=f.type)
+                                 for f, v in ((f, values[f.name]) for f in schema)], schema=schema)
+
+
+def histogram_table(run: dict, groups: dict, names: list[str], lo: float, hi: float, bins: int, small: int):
+    """Arrow table of coefficient_histograms (one row per dimension, group, component and bin)."""
     from filterspark.delta.schemas import COEFFICIENT_HISTOGRAMS
 
     edges = bin_edges(lo, hi, bins)
@@ -86,8 +92,7 @@ def histogram_table(run: dict, groups: dict, names: list[str], lo: float, hi: fl
     schema = arrow_schema(COEFFICIENT_HISTOGRAMS)
     n = sum(len(c) for c in cols["count"])
     values = {**{k: np.concatenate(v) if v else np.empty(0) for k, v in cols.items()}, **_run_arrays(run, n, schema)}
-    return pa.Table.from_arrays([v if isinstance(v, pa.Array) else pa.array(v, type=f.type)
-                                 for f, v in ((f, values[f.name]) for f in schema)], schema=schema)
+    return _arrow_table(values, schema)
 
 
 def stats_rows(run: dict, groups: dict, names: list[str], basis: PCABasis, lo: float, hi: float, small: int):
@@ -175,9 +180,7 @@ def layer_histogram_table(columns: dict[str, np.ndarray], run: dict, extracted_a
         "explained_variance_ratio": np.asarray(evr, np.float64)[columns["component"]] if n else np.empty(0),
         "min_group_filters": np.full(n, small, np.int64),
     }
-    arrays = [v if isinstance(v, pa.Array) else pa.array(v, type=f.type) for f, v in
-              ((f, values[f.name]) for f in schema)]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return _arrow_table(values, schema)
 
 
 def neighbour_rows(run: dict, found: list[tuple[int, int, int, float]], model_ids: list[int],
