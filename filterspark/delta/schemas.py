@@ -122,6 +122,23 @@ FILTERS = StructType(
 #: whole files on group predicates (``WHERE task = 'denoising'``).
 FILTERS_PARTITION_COLUMNS = ("model_id",)
 
+#: Kernels of every other square shape k x k (1 < k != 3; 3x3 stays in ``filters``): one
+#: row per kernel, ``weights`` its k*k values row-major, the same denormalised columns as
+#: ``filters``, partitioned by model like ``filters``.
+KERNELS = StructType(
+    [
+        StructField("model_id", LongType(), False),
+        StructField("layer_index", IntegerType(), False),
+        StructField("filter_index", IntegerType(), False),
+        StructField("k", IntegerType(), False),
+        StructField("weights", ArrayType(FloatType(), containsNull=False), False),
+        *[StructField(c, StringType()) for c in FILTER_METADATA],
+        StructField("conv_depth", IntegerType()),
+        StructField("conv_depth_norm", DoubleType()),
+    ]
+)
+KERNELS_PARTITION_COLUMNS = ("model_id",)
+
 TABLES = {"models": MODELS, "layers": LAYERS, "filters": FILTERS}
 PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS}
 
