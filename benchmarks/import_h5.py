@@ -208,7 +208,7 @@ def delta_rows(table_dir: Path) -> int:
 
 
 def run_import(h5: Path, warehouse: Path, args) -> tuple[dict, str, float]:
-    from filterspark.engine.session import delta_maven_coordinate
+    from filterspark.engine.delta_jars import delta_submit_args
 
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
@@ -219,7 +219,7 @@ def run_import(h5: Path, warehouse: Path, args) -> tuple[dict, str, float]:
         "--master", master,
         "--driver-memory", args.driver_memory,
         "--conf", f"spark.executor.memory={args.executor_memory_mb}m",  # --executor-memory is ignored for local-cluster
-        "--packages", delta_maven_coordinate(),
+        *delta_submit_args(),
         "--conf", "spark.ui.enabled=false",
         "--conf", "spark.ui.showConsoleProgress=false",
         "--conf", f"spark.executorEnv.PYSPARK_PYTHON={sys.executable}",

@@ -68,20 +68,33 @@ def _session(args: argparse.Namespace, app_name: str):
 
 def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spark-home", help="Spark installation to configure (default: the installed pyspark)")
+    parser.add_argument("--no-local-jars", dest="local_jars", action="store_false",
+                        help="leave <SPARK_HOME>/jars alone: every new JVM resolves Delta from Maven instead")
 
 
 def run_setup(args: argparse.Namespace) -> int:
-    """Make plain ``spark-submit`` Delta-ready and pre-fetch the Delta JARs."""
-    from filterspark.engine.session import install_spark_defaults
+    """Make plain ``spark-submit`` Delta-ready: Delta's JARs into the installation's
+    ``jars/`` (resolved once), its SQL settings into spark-defaults.conf; then check that a
+    session starts with them."""
+    from filterspark.engine.delta_jars import install_delta_jars, spark_home
+    from filterspark.engine.session import build_session, install_spark_defaults
 
-    path = install_spark_defaults(args.spark_home)
+    local_jars = args.local_jars
+    if local_jars:
+        try:
+            added = install_delta_jars(args.spark_home)
+        except OSError as error:
+            print(f"cannot write {spark_home(args.spark_home) / 'jars'} ({error}); Delta will be resolved from Maven at each start")
+            local_jars = False
+        else:
+            where = spark_home(args.spark_home) / "jars"
+            print(f"Delta Lake JARs in {where}" + (f" (added {len(added)}: {', '.join(added)})" if added else ""))
+    path = install_spark_defaults(args.spark_home, local_jars=local_jars)
     print(f"Delta Lake settings in {path}")
-    from filterspark.engine.session import build_session
-
     spark = build_session(app_name="filterspark-setup")
     spark.range(1).count()
     spark.stop()
-    print("Delta Lake JARs resolved")
+    print("a Delta-enabled session starts")
     return 0
 
 

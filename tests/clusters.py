@@ -133,10 +133,10 @@ SUBMIT_DEFAULTS = {
 
 
 def submit_cmd(master: str, app: str | Path, app_args: list[str], conf: dict[str, str], properties_file: Path | None = None) -> list[str]:
-    """A ``spark-submit`` command line with Delta's package and the given settings."""
-    from filterspark.engine.session import delta_maven_coordinate
+    """A ``spark-submit`` command line with Delta's JARs and the given settings."""
+    from filterspark.engine.delta_jars import delta_submit_args
 
-    cmd = [spark_bin("spark-submit"), "--master", master, "--packages", delta_maven_coordinate()]
+    cmd = [spark_bin("spark-submit"), "--master", master, *delta_submit_args()]
     if properties_file:
         cmd += ["--properties-file", str(properties_file)]
     for key, value in {**SUBMIT_DEFAULTS, **conf}.items():

@@ -37,7 +37,8 @@ from filterspark.delta.files import local_path
 from filterspark.delta.registry import SERVED_DATABASE_CONF, SERVED_WAREHOUSE_CONF, register_tables, table_dirs
 from filterspark.delta.schemas import VIEWS
 from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, warehouse_uri
-from filterspark.engine.session import build_session, delta_maven_coordinate, delta_on_classpath
+from filterspark.engine.delta_jars import delta_driver_classpath
+from filterspark.engine.session import LONG_LIVED_JVM_OPTIONS, build_session
 from filterspark.errors import ServeError
 
 #: Environment variable holding the token when ``--token`` is not given.
@@ -133,29 +134,6 @@ def connection_lines(options: ServeOptions) -> list[str]:
     return lines
 
 
-def _jar_artifact(path: str, ivy: bool) -> str:
-    """A JAR's artifact name without version: Ivy's ``org_artifact-1.2.jar``, Spark's ``artifact-1.2.jar``."""
-    name = os.path.basename(path)
-    if ivy:
-        name = name.split("_", 1)[-1]
-    return re.sub(r"-\d.*\.jar$", "", name)
-
-
-def delta_driver_classpath() -> dict[str, str]:
-    """Settings that put Delta's JARs on the driver's own class path (JDBC sessions need it),
-    unless they are there already: the resolved JARs as ``spark.jars`` (executors get them
-    from there) without a second resolution, and those Spark does not ship itself (the
-    others already resolve to Spark's copies) as ``spark.driver.extraClassPath``."""
-    if delta_on_classpath({}):
-        return {}
-    import pyspark
-
-    shipped = {_jar_artifact(n, ivy=False) for n in os.listdir(os.path.join(os.path.dirname(pyspark.__file__), "jars"))}
-    jars = jvm.resolve_packages([delta_maven_coordinate()])
-    extra = [j for j in jars if _jar_artifact(j, ivy=True) not in shipped]
-    return {"spark.jars": ",".join(jars), "spark.jars.packages": "", "spark.driver.extraClassPath": os.pathsep.join(extra)}
-
-
 def server_conf(options: ServeOptions, scratch_dir: str) -> dict[str, str]:
     """The Spark settings of the serving application (``options.conf`` wins, except that
     its plugins are kept beside the Connect one)."""
@@ -176,6 +154,8 @@ def server_conf(options: ServeOptions, scratch_dir: str) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.scheduler.mode": "FAIR",
         "spark.scheduler.allocation.file": pools,
+        # A server lives long enough for the full JIT (local drivers default to C1 only).
+        "spark.driver.defaultJavaOptions": LONG_LIVED_JVM_OPTIONS,
     }
     if options.jdbc_port:
         hive = "spark.hadoop.hive."

@@ -1,9 +1,9 @@
 """The one SparkSession builder used by every job, notebook and test.
 
-* Delta Lake is configured (SQL extension + catalog); its JARs are resolved from Maven
-  (``spark.jars.packages``, as ``delta.configure_spark_with_delta_pip`` does) unless they
-  are already on the classpath (Databricks, a cluster image, ``--jars``/``--packages``,
-  or the spark-defaults.conf that ``filterspark setup`` writes for spark-submit).
+* Delta Lake is configured (SQL extension + catalog); its JARs come from the class path
+  (``filterspark setup`` copies them into the installation's ``jars/``; Databricks, a
+  cluster image, ``--jars``/``--packages``), else from Maven (``spark.jars.packages``, as
+  ``delta.configure_spark_with_delta_pip`` does), see :mod:`filterspark.engine.delta_jars`.
 * A master is set only when none was given (``spark-submit --master`` or
   ``spark.master`` in the conf win); the embedded default is ``local[*]``.
 * ``remote``/``SPARK_REMOTE`` gives a Spark Connect session instead (the server owns
@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import glob
 import os
 import sys
 from pathlib import Path
@@ -24,8 +23,14 @@ from filterspark.delta.capabilities import set_log_level
 from filterspark.delta.registry import register_tables, served_warehouse
 from filterspark.delta.sql_functions import register_functions
 from filterspark.delta.warehouse import DEFAULT_DATABASE, DEFAULT_WAREHOUSE, Warehouse, warehouse_uri
+from filterspark.engine.delta_jars import delta_maven_coordinate, delta_on_classpath, delta_submit_args, spark_home
 from filterspark.engine.resources import is_local_master
 from filterspark.errors import OptionsError, SessionError
+
+#: JVM options of short-lived local drivers: C1 only (no C2 compiler threads).
+SHORT_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+#: ... and of servers, which live long enough for C2 (the JVM's default tiers).
+LONG_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=4"
 
 #: Spark settings applied when running in local mode and not set by the user.
 #: ``conf/local.conf`` carries the same values for ``spark-submit --properties-file``.
@@ -34,41 +39,18 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.driver.memory": "2g",
-    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.databricks.delta.snapshotPartitions": "1",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
+    # A short-lived local driver is done before C2's compilations pay back; they took
+    # a third of a cold Delta count's CPU on two cores (benchmarks/README.md). Servers
+    # (`filterspark serve`, Connect) keep the full JIT.
+    "spark.driver.defaultJavaOptions": SHORT_LIVED_JVM_OPTIONS,
 }
 
 DELTA_SETTINGS: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
-
-
-def delta_maven_coordinate() -> str:
-    """Maven coordinate of the Delta JAR matching the installed pyspark and delta-spark."""
-    from importlib.metadata import version
-
-    import pyspark
-
-    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
-    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
-
-
-def delta_on_classpath(preset: Mapping[str, str]) -> bool:
-    """True when Delta's JARs need no Maven resolution (Databricks or already supplied)."""
-    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
-        return True
-    for key in ("spark.jars", "spark.jars.packages"):
-        if "delta-spark" in preset.get(key, "") or "delta-core" in preset.get(key, ""):
-            return True
-    homes = [os.environ.get("SPARK_HOME", "")]
-    try:
-        import pyspark
-
-        homes.append(os.path.dirname(pyspark.__file__))
-    except ImportError:  # pragma: no cover
-        pass
-    return any(glob.glob(os.path.join(h, "jars", "delta-spark*.jar")) for h in homes if h)
 
 
 def remote_url(remote: str | None = None) -> str | None:
@@ -130,11 +112,11 @@ def connect_server_command(
     properties_file: str | None = None,
 ) -> list[str]:
     """The ``spark-submit`` command line of a Spark Connect server with Delta configured
-    (its JARs by Maven coordinate, the SQL extension and catalog), bound to ``host:port``.
+    (its JARs from the installation or by Maven coordinate, the SQL extension and catalog), bound to ``host:port``.
     ``conf`` is added last (it wins); clients then connect to ``sc://host:port``."""
     spark_submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
     command = [spark_submit if os.path.exists(spark_submit) else "spark-submit", "--class", CONNECT_SERVER_CLASS,
-               "--master", master, "--packages", delta_maven_coordinate()]
+               "--master", master, *delta_submit_args()]
     if properties_file:
         command += ["--properties-file", str(properties_file)]
     settings = {
@@ -142,6 +124,7 @@ def connect_server_command(
         "spark.connect.grpc.binding.address": host,
         "spark.connect.grpc.binding.port": str(port),
         "spark.pyspark.python": sys.executable,
+        "spark.driver.defaultJavaOptions": LONG_LIVED_JVM_OPTIONS,
         **(conf or {}),
     }
     for key, value in settings.items():
@@ -210,25 +193,30 @@ def warehouse_in_use(spark, warehouse: str | None, database: str = DEFAULT_DATAB
     return warehouse or served_warehouse(spark, database) or default
 
 
-def install_spark_defaults(spark_home: str | None = None) -> Path:
+def install_spark_defaults(home: str | None = None, local_jars: bool = True) -> Path:
     """Add Delta Lake to ``<SPARK_HOME>/conf/spark-defaults.conf`` so plain ``spark-submit``
-    (which starts its JVM before any Python runs) gets the Delta JARs and SQL settings.
+    (which starts its JVM before any Python runs) gets the Delta SQL settings, the JVM
+    options of a short-lived driver (an installation default: a cluster's own
+    configuration or ``--conf`` replaces it), and Delta's Maven package unless ``local_jars`` (the JARs are in the installation's ``jars/``;
+    a package line an earlier setup wrote is then removed, so no JVM runs Ivy again).
 
-    Keeps every existing line; adds only the missing keys. Returns the file's path.
+    Keeps every other line; adds only the missing keys. Returns the file's path.
     """
-    import pyspark
-
-    home = Path(spark_home or os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__))
-    conf_dir = Path(os.environ.get("SPARK_CONF_DIR") or home / "conf")
+    conf_dir = Path(os.environ.get("SPARK_CONF_DIR") or spark_home(home) / "conf")
     conf_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / "spark-defaults.conf"
     lines = path.read_text().splitlines() if path.exists() else []
-    present = {line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")}
-    wanted = {"spark.jars.packages": delta_maven_coordinate(), **DELTA_SETTINGS}
+    package_line = f"spark.jars.packages {delta_maven_coordinate()}"
+    kept = [line for line in lines if not (local_jars and line.split() == package_line.split())]
+    present = {line.split()[0] for line in kept if line.strip() and not line.lstrip().startswith("#")}
+    wanted = {**DELTA_SETTINGS, "spark.driver.defaultJavaOptions": SHORT_LIVED_JVM_OPTIONS}
+    if not local_jars:
+        wanted["spark.jars.packages"] = delta_maven_coordinate()
     added = [f"{k} {v}" for k, v in wanted.items() if k not in present]
     if added:
-        lines += ["# added by `filterspark setup`: Delta Lake for spark-submit", *added]
-        path.write_text("\n".join(lines) + "\n")
+        kept += ["# added by `filterspark setup`: Delta Lake and driver defaults for spark-submit", *added]
+    if kept != lines:
+        path.write_text("\n".join(kept) + "\n")
     log_config = conf_dir / "log4j2.properties"
     if not log_config.exists():
         # spark-submit otherwise logs at INFO; keep job output readable like pyspark's.
