@@ -41,7 +41,9 @@ def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[st
     requested = list(by) if by else list(DEFAULT_BY)
     keys: set[str] = set()
     if any(d != DEPTH_DIMENSION and d not in columns for d in requested):  # a small job: only if needed
-        keys = {r[0] for r in models.select(F.explode(F.map_keys("metadata"))).distinct().collect()}
+        # One row per model: collected as they are (a distinct would add a shuffle stage,
+        # seconds of a cold JVM's first job).
+        keys = {k for r in models.select(F.map_keys("metadata")).collect() for k in (r[0] or ())}
     wanted = requested if by else [d for d in DEFAULT_BY if d == DEPTH_DIMENSION or d in columns or d in keys]
     out: dict[str, str] = {}
     for dim in wanted:
