@@ -93,6 +93,14 @@ def test_extract_quick_agrees() -> None:
     assert "same weights, filter indices and depths per layer" in stdout
 
 
+def test_whole_process_quick_agrees() -> None:
+    """Fresh processes: spark-submit extract.py vs the floor process, analyze.py, one
+    ``filterspark sql`` query and a bare count; rows agree and every tree was measured."""
+    out = run_script("whole_process.py")
+    table = [line for line in out.splitlines() if line.startswith("| ")][1:]
+    assert len(table) == 5 and all(float(row.split("|")[4]) > 0 for row in table), out
+
+
 def test_projection_separates_fixed_and_per_filter_cost() -> None:
     """The 1.4B projection's arithmetic, from two synthetic timings t = a + n / (cores * r)."""
     import importlib.util
