@@ -51,11 +51,14 @@ def test_spark_defaults_keep_user_lines_and_drop_the_package_line(tmp_path, monk
         "# added by `filterspark setup`: Delta Lake for spark-submit\n"
         f"spark.jars.packages {delta_maven_coordinate()}\n"
         f"spark.sql.extensions {DELTA_SETTINGS['spark.sql.extensions']}\n"
+        "spark.driver.defaultJavaOptions -XX:TieredStopAtLevel=1\n"  # an older setup's value
+        "\n"
+        "spark.sql.ansi.enabled false\n"
     )
     path = install_spark_defaults(str(tmp_path), local_jars=True)
     lines = path.read_text().splitlines()
     settings = dict(line.split(None, 1) for line in lines if line and not line.startswith("#"))
-    assert settings["spark.executor.memory"] == "3g"
+    assert settings["spark.executor.memory"] == "3g" and settings["spark.sql.ansi.enabled"] == "false"
     assert "spark.jars.packages" not in settings
     assert settings["spark.sql.catalog.spark_catalog"] == DELTA_SETTINGS["spark.sql.catalog.spark_catalog"]
     assert settings["spark.driver.defaultJavaOptions"] == SHORT_LIVED_JVM_OPTIONS

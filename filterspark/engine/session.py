@@ -27,10 +27,13 @@ from filterspark.engine.delta_jars import delta_maven_coordinate, delta_on_class
 from filterspark.engine.resources import is_local_master
 from filterspark.errors import OptionsError, SessionError
 
-#: JVM options of short-lived local drivers: C1 only (no C2 compiler threads).
-SHORT_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
-#: ... and of servers, which live long enough for C2 (the JVM's default tiers).
-LONG_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=4"
+#: JVM options of short-lived local drivers: C1 only (no C2 compiler threads) and the
+#: serial collector (no concurrent GC threads; a 1-2 GB driver heap of a job whose bulk
+#: work runs in Python workers). On two cores each cut a cold Delta count's CPU by a
+#: quarter or more (benchmarks/README.md, *Whole processes*).
+SHORT_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+#: ... and of servers, which live long enough for C2 and a concurrent collector (the JVM's defaults).
+LONG_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=4 -XX:+UseG1GC"
 
 #: Spark settings applied when running in local mode and not set by the user.
 #: ``conf/local.conf`` carries the same values for ``spark-submit --properties-file``.
@@ -43,7 +46,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
     # A short-lived local driver is done before C2's compilations pay back; they took
     # a third of a cold Delta count's CPU on two cores (benchmarks/README.md). Servers
-    # (`filterspark serve`, Connect) keep the full JIT.
+    # (`filterspark serve`, Connect) keep the JVM's defaults.
     "spark.driver.defaultJavaOptions": SHORT_LIVED_JVM_OPTIONS,
 }
 
@@ -193,28 +196,39 @@ def warehouse_in_use(spark, warehouse: str | None, database: str = DEFAULT_DATAB
     return warehouse or served_warehouse(spark, database) or default
 
 
+SETUP_MARK = "# added by `filterspark setup`"
+
+
 def install_spark_defaults(home: str | None = None, local_jars: bool = True) -> Path:
     """Add Delta Lake to ``<SPARK_HOME>/conf/spark-defaults.conf`` so plain ``spark-submit``
     (which starts its JVM before any Python runs) gets the Delta SQL settings, the JVM
     options of a short-lived driver (an installation default: a cluster's own
-    configuration or ``--conf`` replaces it), and Delta's Maven package unless ``local_jars`` (the JARs are in the installation's ``jars/``;
-    a package line an earlier setup wrote is then removed, so no JVM runs Ivy again).
+    configuration or ``--conf`` replaces it), and Delta's Maven package unless
+    ``local_jars`` (the JARs are in the installation's ``jars/``: no JVM runs Ivy).
 
-    Keeps every other line; adds only the missing keys. Returns the file's path.
+    The lines under its ``# added by `filterspark setup``` comment are rewritten each time;
+    every other line is kept, and a key set there is not added again. Returns the file's path.
     """
     conf_dir = Path(os.environ.get("SPARK_CONF_DIR") or spark_home(home) / "conf")
     conf_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / "spark-defaults.conf"
     lines = path.read_text().splitlines() if path.exists() else []
-    package_line = f"spark.jars.packages {delta_maven_coordinate()}"
-    kept = [line for line in lines if not (local_jars and line.split() == package_line.split())]
+    kept, in_block = [], False
+    for line in lines:  # the block under setup's comment is setup's own: written anew
+        if line.startswith(SETUP_MARK):
+            in_block = True
+        elif not line.strip() or line.lstrip().startswith("#"):
+            in_block = False
+            kept.append(line)
+        elif not in_block:
+            kept.append(line)
     present = {line.split()[0] for line in kept if line.strip() and not line.lstrip().startswith("#")}
     wanted = {**DELTA_SETTINGS, "spark.driver.defaultJavaOptions": SHORT_LIVED_JVM_OPTIONS}
     if not local_jars:
         wanted["spark.jars.packages"] = delta_maven_coordinate()
     added = [f"{k} {v}" for k, v in wanted.items() if k not in present]
     if added:
-        kept += ["# added by `filterspark setup`: Delta Lake and driver defaults for spark-submit", *added]
+        kept += [f"{SETUP_MARK}: Delta Lake and driver defaults for spark-submit", *added]
     if kept != lines:
         path.write_text("\n".join(kept) + "\n")
     log_config = conf_dir / "log4j2.properties"
