@@ -204,6 +204,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--neighbours", type=int, default=None, help="nearest models kept per model (default 10)")
     parser.add_argument(
+        "--kernel", default="3x3",
+        help="kernel shape KxK to analyse (default 3x3: the filters table; 5x5, 7x7, ...: the kernels table's rows of that k)",
+    )
+    parser.add_argument(
+        "--components", type=int, default=None,
+        help="coefficients (hence histograms, shifts, neighbours) on the first N components only (default: all k²; "
+        "the basis always has all k²)",
+    )
+    parser.add_argument(
         "--scan", choices=("auto", "files", "spark"), default="auto",
         help="how executors read filters: the Delta snapshot's Parquet files with pyarrow (files), "
         "or Spark's reader (spark); auto: files when the scope is whole models and the table allows it",
@@ -226,6 +235,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         min_group_filters=args.min_group_filters,
         scan=args.scan,
         incremental=args.incremental,
+        kernel=args.kernel,
+        components=args.components,
         **{k: v for k, v in (("outside_threshold", args.outside_threshold), ("neighbours", args.neighbours)) if v is not None},
     )
     spark = _session(args, "filterspark-analyze")
@@ -270,7 +281,8 @@ def add_shifts_arguments(parser: argparse.ArgumentParser) -> None:
         "depth_decile, e.g. family, format, \"metadata['variant']\", \"concat(task, '/', family)\"",
     )
     parser.add_argument("--where", help="SQL predicate over the same columns: only those layers are grouped")
-    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all)")
+    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all and --kernel)")
+    parser.add_argument("--kernel", default=None, help="kernel shape of the run, KxK (default 3x3; a --run-id knows its own)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
@@ -281,9 +293,9 @@ def run_shifts(args: argparse.Namespace) -> int:
 
     spark = _session(args, "filterspark-shifts")
     options = ShiftsOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name,
-                            by=args.by, where=args.where, run_id=args.run_id)
+                            by=args.by, where=args.where, run_id=args.run_id, kernel=args.kernel)
     result = shifts_by(spark, options)
-    print(f"# run {result.run.run_id} (scope {result.run.scope}): {result.note}", file=sys.stderr)
+    print(f"# run {result.run.run_id} (scope {result.run.scope}, kernel {result.run.kernel}): {result.note}", file=sys.stderr)
     format_rows(list(result.COLUMNS), [tuple(r[c] for c in result.COLUMNS) for r in result.rows], args.format)
     return 0
 
@@ -291,7 +303,8 @@ def run_shifts(args: argparse.Namespace) -> int:
 def add_neighbours_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--model", required=True, help="model name (models.name) or model id")
-    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all)")
+    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all and --kernel)")
+    parser.add_argument("--kernel", default=None, help="kernel shape of the run, KxK (default 3x3; a --run-id knows its own)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
@@ -303,8 +316,8 @@ def run_neighbours(args: argparse.Namespace) -> int:
 
     spark = _session(args, "filterspark-neighbours")
     options = WarehouseOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name)
-    run, rows = nearest_models(spark, options, args.model, args.run_id)
-    print(f"# nearest models to {args.model} (run {run.run_id}, scope {run.scope})", file=sys.stderr)
+    run, rows = nearest_models(spark, options, args.model, args.run_id, args.kernel)
+    print(f"# nearest models to {args.model} (run {run.run_id}, scope {run.scope}, kernel {run.kernel})", file=sys.stderr)
     format_rows(list(NEIGHBOUR_COLUMNS), [tuple(r[c] for c in NEIGHBOUR_COLUMNS) for r in rows], args.format)
     return 0
 
