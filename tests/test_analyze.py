@@ -120,7 +120,7 @@ def run_tables(spark, warehouse: str, run_id: str) -> dict[str, pd.DataFrame]:
 
 
 def check_against_reference(tables: dict[str, pd.DataFrame], ref: Reference, dims: list[str], small: int = 700) -> None:
-    n, c = len(ref.pdf), ref.n_comp
+    n, n_comp = len(ref.pdf), ref.n_comp
     basis = tables["pca_basis"].sort_values("component")
     assert list(basis["component"]) == list(range(ref.d))
     vectors = np.stack(basis["vector"].to_numpy())
@@ -139,7 +139,7 @@ def check_against_reference(tables: dict[str, pd.DataFrame], ref: Reference, dim
     assert runs["range_lo"][0] == pytest.approx(ref.lo, abs=TOL) and runs["range_hi"][0] == pytest.approx(ref.hi, abs=TOL)
     assert list(runs["dimensions"][0]) == dims
     k = int(round(np.sqrt(ref.d)))
-    assert runs["kernel"][0] == f"{k}x{k}" and runs["components"][0] == c
+    assert runs["kernel"][0] == f"{k}x{k}" and runs["components"][0] == n_comp
     np.testing.assert_allclose(runs["explained_variance_ratio"][0], ref.evr, atol=TOL)  # all k² of them
 
     hist, stats = tables["coefficient_histograms"], tables["coefficient_stats"]
@@ -150,14 +150,14 @@ def check_against_reference(tables: dict[str, pd.DataFrame], ref: Reference, dim
     for (dim, group), rows in hist.groupby(["dimension", "group_value"]):
         mask = ref.mask(dim, group)
         rows = rows.sort_values(["component", "bin"])
-        counts = rows["count"].to_numpy().reshape(c, ref.bins)
+        counts = rows["count"].to_numpy().reshape(n_comp, ref.bins)
         np.testing.assert_array_equal(counts, ref.counts(mask), err_msg=f"{dim}={group}")
-        np.testing.assert_allclose(rows["probability"].to_numpy().reshape(c, ref.bins), ref.hist(mask), atol=TOL)
+        np.testing.assert_allclose(rows["probability"].to_numpy().reshape(n_comp, ref.bins), ref.hist(mask), atol=TOL)
         assert set(rows["n_filters"]) == {mask.sum()}
         assert set(rows["small_group"]) == {bool(mask.sum() < small)}
         st = stats[(stats["dimension"] == dim) & (stats["group_value"] == group)].sort_values("component")
         c = ref.coeffs[mask]
-        assert list(st["n_filters"]) == [mask.sum()] * c
+        assert list(st["n_filters"]) == [mask.sum()] * n_comp
         np.testing.assert_allclose(st["mean"], c.mean(axis=0), atol=TOL)
         np.testing.assert_allclose(st["min"], c.min(axis=0), atol=TOL)
         np.testing.assert_allclose(st["max"], c.max(axis=0), atol=TOL)

@@ -134,7 +134,7 @@ def test_5x5_layer_histograms_and_neighbours_equal_numpy(spark, kernel_runs):
     for (model_id, layer), got in rows.groupby(["model_id", "layer_index"]):
         mine = (keys[:, 0] == model_id) & (keys[:, 1] == layer)
         counts = np.zeros((25, ref.bins), np.int64)
-        np.add.at(counts, (got["component"], got["bin"]), got["count"])
+        np.add.at(counts, (got["component"].to_numpy(), got["bin"].to_numpy()), got["count"].to_numpy())
         np.testing.assert_array_equal(counts, ref.counts(mine), err_msg=f"{model_id}/{layer}")
         assert set(got["n_filters"]) == {mine.sum()}
     assert len(rows.groupby(["model_id", "layer_index"])) == len({tuple(k) for k in keys})
@@ -182,6 +182,7 @@ def test_7x7_on_4_components_end_to_end(spark, kernel_runs, capsys):
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, rel=1e-9), (marker, key)
 
+    capsys.readouterr()  # what was printed so far
     assert main(["shifts", "--warehouse", warehouse, "--by", "family", "--kernel", "7x7", "--format", "csv"]) == 0
     out = capsys.readouterr()
     assert "kernel 7x7" in out.err and len(pd.read_csv(pd.io.common.StringIO(out.out))) == len(expected)
@@ -239,3 +240,17 @@ def test_basis_figures_of_each_kernel(spark, kernel_runs):
         line = next(li for li in plots.explained_variance_figure(basis).axes[0].lines if li.get_gid() == "cumulative")
         np.testing.assert_allclose(line.get_ydata(), np.cumsum(run["explained_variance_ratio"]), rtol=1e-12)
         assert plots.to_png(fig)[:4] == b"\x89PNG"
+
+    # the report draws them after the 3x3 run's figures (here without one: they come first)
+    from filterspark.outputs.report import ReportOptions, build_figures
+
+    def kernel_figures(**options) -> list[str]:
+        names = []
+        for entry, _ in build_figures(spark, ReportOptions(warehouse=kernel_runs["warehouse"], **options), None):
+            if not entry.name.startswith(("pca_basis_", "explained_variance_")):
+                break  # the quality figures follow
+            names.append(entry.name)
+        return names
+
+    assert kernel_figures() == ["pca_basis_5x5", "explained_variance_5x5", "pca_basis_7x7", "explained_variance_7x7"]
+    assert kernel_figures(kernels=("7x7",)) == ["pca_basis_7x7", "explained_variance_7x7"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from filterspark.kernels.layer_histograms import LayerAccumulator, extended_bin_ids
-from filterspark.kernels.pca import N_WEIGHTS, FilterMoments, PCABasis, moments
+from filterspark.kernels.pca import FilterMoments, PCABasis, moments
 from filterspark.kernels.shifts import bin_ids_2d, counts_from_bin_ids, normalised_histogram, shift
 
 #: Depth groups: deciles of ``conv_depth_norm``, ``[0.0,0.1], (0.1,0.2], …, (0.9,1.0]``.

@@ -1,11 +1,12 @@
-"""One analysis run: ``filters`` → PCA basis, grouped histograms, shifts, as Delta tables.
+"""One analysis run: ``filters`` (3x3; ``--kernel KxK``: the ``kernels`` rows of that k)
+→ PCA basis, grouped histograms, shifts, as Delta tables.
 
 Only aggregates reach the driver. Three scans (:mod:`filterspark.engine.scans`: Spark tasks
 read the Delta snapshot's Parquet files with pyarrow, or a DataFrame through
 ``mapInArrow`` when the scope needs filter-level columns), each a numpy function per task
 (:mod:`.tasks`), their partial results merged on the driver:
 
-1. the scaled filters' moments (9 sums + 45 products, float64, about a per-task
+1. the scaled filters' moments (d = k² sums + d(d+1)/2 products, float64, about a per-task
    provisional mean, merged exactly) → :func:`kernels.pca.pca_from_moments`;
 2. the min/max coefficient → the shared histogram range;
 3. a :class:`kernels.coefficients.PartitionAccumulator` for all dimensions at once (plus
