@@ -49,6 +49,24 @@ def _thresholds(args: argparse.Namespace):
     return QualityThresholds.from_dict({k: getattr(args, k) for k in vars(QualityThresholds())})
 
 
+def _kernel_sizes(value: str) -> tuple[int, ...]:
+    """``--kernels`` parsed before any session starts (its error message kept)."""
+    from filterspark.kernels.shapes import parse_kernel_sizes
+
+    try:
+        return parse_kernel_sizes(value)
+    except FilterSparkError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_kernels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels", default="all", type=_kernel_sizes,
+        help="square kernel sizes k x k (k != 3) written to the kernels table: all (every k from 2 to 11 "
+        "but 3, the default), none, or a comma list such as 5,7",
+    )
+
+
 def _session(args: argparse.Namespace, app_name: str):
     """The session a command runs on, with the warehouse's tables named; ``args.warehouse``
     is set to the warehouse used when none was given."""
@@ -130,6 +148,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest checkpoint file a task loads, e.g. 2g (0: no limit); larger models fail alone "
         "(default: spark.filterspark.maxModelBytes, else derived from the executors' Python memory)",
     )
+    _add_kernels(parser)
     _add_quality_thresholds(parser)
 
 
@@ -164,12 +183,13 @@ def run_extract(args: argparse.Namespace) -> int:
         force=args.force,
         max_model_bytes=args.max_model_bytes,
         write=args.write,
+        kernels=args.kernels,
     )
     report = run_extraction(spark, entries, options)
     print(f"catalog: {catalog}")
     for line in report.lines():
         print(line)
-    print(f"tables: models, layers, filters in {options.tables.describe()}")
+    print(f"tables: models, layers, filters, kernels in {options.tables.describe()}")
     return 1 if (args.strict and report.failed) else 0
 
 
@@ -356,6 +376,7 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows-per-task", type=int, default=DEFAULT_ROWS_PER_TASK, help=f"filters per Spark task (default {DEFAULT_ROWS_PER_TASK:,})"
     )
     parser.add_argument("--force", action="store_true", help="re-import models even when unchanged")
+    _add_kernels(parser)
     _add_quality_thresholds(parser)
 
 
@@ -375,11 +396,12 @@ def run_import_filterdb(args: argparse.Namespace) -> int:
         normalise_tasks=args.normalise_tasks,
         rows_per_task=args.rows_per_task,
         force=args.force,
+        kernels=args.kernels,
     )
     report = run_import(spark, db, options)
     for line in report.lines():
         print(line)
-    print(f"tables: models, layers, filters in {options.tables.describe()}")
+    print(f"tables: models, layers, filters, kernels in {options.tables.describe()}")
     return 0
 
 

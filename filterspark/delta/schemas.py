@@ -139,8 +139,8 @@ KERNELS = StructType(
 )
 KERNELS_PARTITION_COLUMNS = ("model_id",)
 
-TABLES = {"models": MODELS, "layers": LAYERS, "filters": FILTERS}
-PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS}
+TABLES = {"models": MODELS, "layers": LAYERS, "filters": FILTERS, "kernels": KERNELS}
+PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS, "kernels": KERNELS_PARTITION_COLUMNS}
 
 
 def arrow_schema(schema: StructType):
