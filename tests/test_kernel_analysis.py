@@ -2,9 +2,10 @@
 numpy/sklearn/scipy reference of test_analyze (written from docs/definitions.md, no
 package code), on a warehouse an older version analysed (its 3x3 run must stay readable).
 
-The demo zoo's 5x5 and 7x7 kernels come from its ``kernels`` table when the extraction
-writes one; otherwise the fixture writes k x k kernels for real layers of the demo
-models with Spark, through the ``KERNELS`` schema.
+The population: the demo zoo's own 5x5 and 7x7 nets (their ``kernels`` rows, as the
+extraction wrote them) and, so that there are models, families and tasks to compare,
+synthetic 5x5 and 7x7 kernels the fixture appends with Spark (``KERNELS`` schema) for
+real layers of every other ok demo model.
 """
 from __future__ import annotations
 
@@ -45,18 +46,22 @@ def as_older_version(spark, warehouse: str) -> None:
 
 
 def write_kernels(spark, warehouse: str, per_layer: int = 120) -> None:
-    """k x k kernels (5x5 on two layers, 7x7 on one, of every ok demo model) with
-    model-dependent structure, one NaN kernel and one all-zero kernel."""
+    """Append k x k kernels (5x5 on two layers, 7x7 on one, of every ok demo model that has
+    no kernels of that k) with model-dependent structure, one NaN kernel and one all-zero
+    kernel."""
     from filterspark.delta.schemas import KERNELS, KERNELS_PARTITION_COLUMNS
 
     models = spark.read.format("delta").load(path(warehouse, "models")).where("status = 'ok'").toPandas()
     layers = spark.read.format("delta").load(path(warehouse, "layers")).toPandas()
+    real = {(r.model_id, r.k) for r in real_kernels(spark, warehouse).itertuples()}
     rng = np.random.default_rng(18)
     rows = []
     for m in models.sort_values("model_id").itertuples():
         mine = layers[layers["model_id"] == m.model_id].sort_values("layer_index")
         sigma = 0.6 + 0.4 * (sum(map(ord, m.family)) % 3)  # smoothness differs by family
         for (k, layer) in ((5, mine.iloc[0]), (5, mine.iloc[-1]), (7, mine.iloc[len(mine) // 2])):
+            if (m.model_id, k) in real:
+                continue
             x = gaussian_filter(rng.standard_normal((per_layer, k + 2, k + 2)), sigma=(0, sigma, sigma))[:, 1:-1, 1:-1]
             x = x.reshape(per_layer, k * k) * rng.lognormal(0, 0.5, (per_layer, 1))
             x += (0.05 if m.task == "classification" else 0.2) * rng.standard_normal(x.shape)
@@ -66,15 +71,19 @@ def write_kernels(spark, warehouse: str, per_layer: int = 120) -> None:
             for i in range(per_layer):
                 rows.append((int(m.model_id), int(layer.layer_index), i, k, x[i].tolist(), m.task, m.visual_category,
                              m.training_dataset, m.family, int(layer.conv_depth), float(layer.conv_depth_norm)))
-    spark.createDataFrame(rows, schema=KERNELS).write.format("delta").partitionBy(*KERNELS_PARTITION_COLUMNS).save(
-        path(warehouse, "kernels"))
+    spark.createDataFrame(rows, schema=KERNELS).write.format("delta").mode("append").partitionBy(
+        *KERNELS_PARTITION_COLUMNS).save(path(warehouse, "kernels"))
 
 
-def has_kernels(spark, warehouse: str) -> bool:
+def real_kernels(spark, warehouse: str) -> pd.DataFrame:
+    """``(model_id, name, k, n)``: the kernels the extraction wrote (none before it writes them)."""
     import os
 
-    return os.path.isdir(f"{path(warehouse, 'kernels')}/_delta_log") and all(
-        spark.read.format("delta").load(path(warehouse, "kernels")).where(f"k = {k}").limit(1).count() for k in (5, 7))
+    if not os.path.isdir(f"{path(warehouse, 'kernels')}/_delta_log"):
+        return pd.DataFrame(columns=["model_id", "name", "k", "n"])
+    kernels = spark.read.format("delta").load(path(warehouse, "kernels"))
+    models = spark.read.format("delta").load(path(warehouse, "models")).select("model_id", "name")
+    return kernels.groupBy("model_id", "k").count().withColumnRenamed("count", "n").join(models, "model_id").toPandas()
 
 
 def load_kernels(spark, warehouse: str, k: int) -> pd.DataFrame:
@@ -96,15 +105,16 @@ def kernel_runs(spark, analyzed_warehouse, tmp_path_factory):
     warehouse = str(tmp_path_factory.mktemp("kernels") / "warehouse")
     shutil.copytree(analyzed_warehouse["warehouse"], warehouse)
     as_older_version(spark, warehouse)
-    if not has_kernels(spark, warehouse):
-        write_kernels(spark, warehouse)
+    real = real_kernels(spark, warehouse)
+    write_kernels(spark, warehouse)
     register_tables(spark, warehouse)
     old_3x3 = find_run(spark, warehouse_of(warehouse))
     five = run_analysis(spark, AnalyzeOptions(warehouse=warehouse, kernel="5x5", by=tuple(DIMS)))
     five_spark = run_analysis(spark, AnalyzeOptions(warehouse=warehouse, kernel="5x5", by=("task",), scan="spark"))
     assert main(["analyze", "--warehouse", warehouse, "--kernel", "7x7", "--components", "4", "--by", "task,family"]) == 0
     seven = find_run(spark, warehouse_of(warehouse), kernel="7x7")
-    return {"warehouse": warehouse, "old": old_3x3, "five": five, "five_spark": five_spark, "seven": seven}
+    return {"warehouse": warehouse, "old": old_3x3, "five": five, "five_spark": five_spark, "seven": seven,
+            "real": real}
 
 
 def warehouse_of(warehouse: str):
@@ -118,6 +128,8 @@ def test_5x5_run_equals_the_numpy_reference(spark, kernel_runs):
     assert report.scan == "files" and report.kernel == "5x5"
     ref = Reference(load_kernels(spark, warehouse, 5), DIMS)
     assert ref.d == 25 and report.n_filters == len(ref.pdf) > 1000
+    real = kernel_runs["real"]  # the demo zoo's own 5x5 net is in the population
+    assert "digits-largekernel5" in set(real[real["k"] == 5]["name"]) & set(ref.pdf["name"])
     tables = run_tables(spark, warehouse, report.run_id)
     check_against_reference(tables, ref, DIMS)
     for name, table in tables.items():
@@ -165,6 +177,8 @@ def test_7x7_on_4_components_end_to_end(spark, kernel_runs, capsys):
     warehouse, seven = kernel_runs["warehouse"], kernel_runs["seven"]
     assert seven.kernel == "7x7" and seven.components == 4 and len(seven.evr) == 49
     ref = Reference(load_kernels(spark, warehouse, 7), ["task", "family"], components=4)
+    real = kernel_runs["real"]  # the demo zoo's own 7x7 net is in the population
+    assert "digits-largekernel7" in set(real[real["k"] == 7]["name"]) & set(ref.pdf["name"])
     check_against_reference(run_tables(spark, warehouse, seven.run_id), ref, ["task", "family"])
     print(f"\n7x7 explained-variance ratios: {np.round(ref.evr, 4).tolist()}")
 

@@ -19,6 +19,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from filterspark.kernels.shapes import DEFAULT_KERNEL
 from filterspark.sources.catalog import KNOWN_METADATA  # noqa: E402 - the catalog schema owns it
 
 #: Model metadata denormalised into every ``filters`` row, for pruning and grouping.
@@ -168,12 +169,6 @@ RUN_FIELDS = [
 #: the last column of every analysis table (added after issue 18: rows written before
 #: it read NULL there, which means 3x3; the ``_latest`` views show them as ``3x3``).
 KERNEL_FIELD = StructField("kernel", StringType())
-DEFAULT_KERNEL = "3x3"
-
-
-def kernel_name(k: int) -> str:
-    """The ``kernel`` value of k x k kernels (``"5x5"``)."""
-    return f"{k}x{k}"
 
 #: One row per analysis run: its settings, size and results in brief (the commit record).
 ANALYSIS_RUNS = StructType(

@@ -1,7 +1,10 @@
-"""Which square kernel sizes ``k x k`` go to the ``kernels`` table (3x3 stays in ``filters``).
+"""Square kernel shapes ``k x k``: which sizes go to the ``kernels`` table (3x3 stays in
+``filters``), and the ``KxK`` names an analysis run is of.
 
 One parser for the ``kernels`` option of extraction and import: ``all`` (every square
-``k`` with ``1 < k != 3``, ``k <= MAX_KERNEL_SIZE``), ``none``, or a comma list (``5,7``).
+``k`` with ``1 < k != 3``, ``k <= MAX_KERNEL_SIZE``), ``none``, or a comma list (``5,7``);
+one for the ``kernel`` of an analysis (``analyze --kernel 5x5``), whose name is the
+``kernel`` column of the analysis tables.
 """
 from __future__ import annotations
 
@@ -63,3 +66,21 @@ def square_sizes(shape_counts: Mapping[str, int] | None) -> tuple[int, ...]:
 def selected_sizes(selection: tuple[int, ...], shape_counts: Mapping[str, int] | None) -> tuple[int, ...]:
     """The sizes of ``selection`` a model with ``shape_counts`` has: what its ``kernels`` rows hold."""
     return tuple(k for k in square_sizes(shape_counts) if k in selection)
+
+
+#: The kernel shape of the published analysis (the ``filters`` table).
+DEFAULT_KERNEL = "3x3"
+
+
+def kernel_name(k: int) -> str:
+    """The ``kernel`` value of k x k kernels (``"5x5"``)."""
+    return f"{k}x{k}"
+
+
+def parse_kernel(kernel: str | int) -> int:
+    """The side ``k`` of a ``--kernel`` value: ``"5x5"`` (or ``"5"``, or 5); square, k >= 2."""
+    text = str(kernel).strip().lower()
+    side, _, other = text.partition("x")
+    if not side.isdigit() or (other and other != side) or int(side) < 2:
+        raise OptionsError(f"kernel must be a square shape KxK with K >= 2 (3x3, 5x5, 7x7), not {kernel!r}")
+    return int(side)

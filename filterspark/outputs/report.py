@@ -89,8 +89,7 @@ class ReportOptions(WarehouseOptions):
     kernels: tuple[str, ...] = ()  # k x k bases drawn besides 3x3 (default: every kernel with a run of scope)
 
     def __post_init__(self) -> None:
-        from filterspark.delta.schemas import kernel_name
-        from filterspark.pipelines.analyze.options import parse_kernel
+        from filterspark.kernels.shapes import kernel_name, parse_kernel
 
         self.kernels = tuple(kernel_name(parse_kernel(k)) for k in self.kernels)
         super().__post_init__()

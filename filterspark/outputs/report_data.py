@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 
 from filterspark.delta.capabilities import set_job_description
-from filterspark.delta.schemas import DEFAULT_KERNEL, WEIGHT_COLUMNS
+from filterspark.delta.schemas import WEIGHT_COLUMNS
 from filterspark.delta.warehouse import Warehouse
 from filterspark.errors import ReportError
 from filterspark.kernels.pca import PCABasis, project, scale_filters
-from filterspark.outputs.plots import basis_vectors
+from filterspark.kernels.shapes import DEFAULT_KERNEL
 from filterspark.kernels.shifts import bin_edges
+from filterspark.outputs.plots import basis_vectors
 
 #: Tiles shown per layer in a filter grid (the first ``filter_index`` values).
 MAX_TILES_PER_LAYER = 128

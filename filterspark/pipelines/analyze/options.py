@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from filterspark.delta.schemas import DEFAULT_KERNEL, kernel_name
 from filterspark.delta.warehouse import WarehouseOptions
 from filterspark.engine.scans import SCAN_MODES
 from filterspark.errors import OptionsError
 from filterspark.kernels import coefficients as co
 from filterspark.kernels.pca import PCABasis
+from filterspark.kernels.shapes import DEFAULT_KERNEL, kernel_name, parse_kernel
 from filterspark.kernels.shifts import N_BINS
 
 
@@ -22,15 +22,6 @@ MODEL_DIMENSION = "__model__"  # internal dimension: one group per model (for mo
 DEFAULT_OUTSIDE_THRESHOLD = 0.001
 #: ``model_neighbours``: nearest models kept per model.
 DEFAULT_NEIGHBOURS = 10
-
-
-def parse_kernel(kernel: str | int) -> int:
-    """The side ``k`` of a ``--kernel`` value: ``"5x5"`` (or ``"5"``, or 5); square, k >= 2."""
-    text = str(kernel).strip().lower()
-    side, _, other = text.partition("x")
-    if not side.isdigit() or (other and other != side) or int(side) < 2:
-        raise OptionsError(f"kernel must be a square shape KxK with K >= 2 (3x3, 5x5, 7x7), not {kernel!r}")
-    return int(side)
 
 
 @dataclass

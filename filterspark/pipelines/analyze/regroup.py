@@ -17,14 +17,15 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from filterspark.delta.schemas import DEFAULT_KERNEL, VIEWS, kernel_name
+from filterspark.delta.schemas import VIEWS
 from filterspark.delta.tables import table_exists
 from filterspark.delta.warehouse import Warehouse, WarehouseOptions
 from filterspark.errors import AnalyzeError, OptionsError
 from filterspark.kernels.coefficients import GroupSummary
 from filterspark.kernels.pca import N_WEIGHTS, PCABasis
+from filterspark.kernels.shapes import DEFAULT_KERNEL, kernel_name, parse_kernel
 from filterspark.pipelines.analyze.inputs import group_label_sql
-from filterspark.pipelines.analyze.options import ALL, parse_kernel
+from filterspark.pipelines.analyze.options import ALL
 from filterspark.pipelines.analyze.rows import shift_rows
 
 #: The note every regrouped result carries (printed by the command, in the README).
