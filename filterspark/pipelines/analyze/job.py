@@ -170,7 +170,11 @@ def run_incremental(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeRepo
     base_rows = run_histograms(spark, wh, base.run_id)
     before = {int(r[0]): r[1] for r in base_rows.select("model_id", "extracted_at").distinct().collect()}
     kept = {i for i, when in current.items() if i in before and before[i] == when}
-    rescan = set(current) - kept
+    # a model extracted before the base run without rows in it had no kernels of this shape
+    # then, and its kernels change only with a new extraction: nothing to read again
+    none_then = {i for i, when in current.items()
+                 if i not in before and when is not None and base.run_at is not None and when <= base.run_at}
+    rescan = set(current) - kept - none_then
     report.models_rescanned = len(rescan)
     phase("plan", "histograms of new models")
 
