@@ -49,6 +49,24 @@ def _thresholds(args: argparse.Namespace):
     return QualityThresholds.from_dict({k: getattr(args, k) for k in vars(QualityThresholds())})
 
 
+def _kernel_sizes(value: str) -> tuple[int, ...]:
+    """``--kernels`` parsed before any session starts (its error message kept)."""
+    from filterspark.kernels.shapes import parse_kernel_sizes
+
+    try:
+        return parse_kernel_sizes(value)
+    except FilterSparkError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_kernels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels", default="all", type=_kernel_sizes,
+        help="square kernel sizes k x k (k != 3) written to the kernels table: all (every k from 2 to 11 "
+        "but 3, the default), none, or a comma list such as 5,7",
+    )
+
+
 def _session(args: argparse.Namespace, app_name: str):
     """The session a command runs on, with the warehouse's tables named; ``args.warehouse``
     is set to the warehouse used when none was given."""
@@ -143,6 +161,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest checkpoint file a task loads, e.g. 2g (0: no limit); larger models fail alone "
         "(default: spark.filterspark.maxModelBytes, else derived from the executors' Python memory)",
     )
+    _add_kernels(parser)
     _add_quality_thresholds(parser)
 
 
@@ -177,12 +196,13 @@ def run_extract(args: argparse.Namespace) -> int:
         force=args.force,
         max_model_bytes=args.max_model_bytes,
         write=args.write,
+        kernels=args.kernels,
     )
     report = run_extraction(spark, entries, options)
     print(f"catalog: {catalog}")
     for line in report.lines():
         print(line)
-    print(f"tables: models, layers, filters in {options.tables.describe()}")
+    print(f"tables: models, layers, filters, kernels in {options.tables.describe()}")
     return 1 if (args.strict and report.failed) else 0
 
 
@@ -217,6 +237,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--neighbours", type=int, default=None, help="nearest models kept per model (default 10)")
     parser.add_argument(
+        "--kernel", default="3x3",
+        help="kernel shape KxK to analyse (default 3x3: the filters table; 5x5, 7x7, ...: the kernels table's rows of that k)",
+    )
+    parser.add_argument(
+        "--components", type=int, default=None,
+        help="coefficients (hence histograms, shifts, neighbours) on the first N components only (default: all k²; "
+        "the basis always has all k²)",
+    )
+    parser.add_argument(
         "--scan", choices=("auto", "files", "spark"), default="auto",
         help="how executors read filters: the Delta snapshot's Parquet files with pyarrow (files), "
         "or Spark's reader (spark); auto: files when the scope is whole models and the table allows it",
@@ -239,6 +268,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         min_group_filters=args.min_group_filters,
         scan=args.scan,
         incremental=args.incremental,
+        kernel=args.kernel,
+        components=args.components,
         **{k: v for k, v in (("outside_threshold", args.outside_threshold), ("neighbours", args.neighbours)) if v is not None},
     )
     spark = _session(args, "filterspark-analyze")
@@ -283,7 +314,8 @@ def add_shifts_arguments(parser: argparse.ArgumentParser) -> None:
         "depth_decile, e.g. family, format, \"metadata['variant']\", \"concat(task, '/', family)\"",
     )
     parser.add_argument("--where", help="SQL predicate over the same columns: only those layers are grouped")
-    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all)")
+    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all and --kernel)")
+    parser.add_argument("--kernel", default=None, help="kernel shape of the run, KxK (default 3x3; a --run-id knows its own)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
@@ -294,9 +326,9 @@ def run_shifts(args: argparse.Namespace) -> int:
 
     spark = _session(args, "filterspark-shifts")
     options = ShiftsOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name,
-                            by=args.by, where=args.where, run_id=args.run_id)
+                            by=args.by, where=args.where, run_id=args.run_id, kernel=args.kernel)
     result = shifts_by(spark, options)
-    print(f"# run {result.run.run_id} (scope {result.run.scope}): {result.note}", file=sys.stderr)
+    print(f"# run {result.run.run_id} (scope {result.run.scope}, kernel {result.run.kernel}): {result.note}", file=sys.stderr)
     format_rows(list(result.COLUMNS), [tuple(r[c] for c in result.COLUMNS) for r in result.rows], args.format)
     return 0
 
@@ -304,7 +336,8 @@ def run_shifts(args: argparse.Namespace) -> int:
 def add_neighbours_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--model", required=True, help="model name (models.name) or model id")
-    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all)")
+    parser.add_argument("--run-id", help="analysis run (default: the latest complete run of scope all and --kernel)")
+    parser.add_argument("--kernel", default=None, help="kernel shape of the run, KxK (default 3x3; a --run-id knows its own)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
@@ -316,8 +349,8 @@ def run_neighbours(args: argparse.Namespace) -> int:
 
     spark = _session(args, "filterspark-neighbours")
     options = WarehouseOptions(warehouse=args.warehouse, database=args.database, catalog_name=args.catalog_name)
-    run, rows = nearest_models(spark, options, args.model, args.run_id)
-    print(f"# nearest models to {args.model} (run {run.run_id}, scope {run.scope})", file=sys.stderr)
+    run, rows = nearest_models(spark, options, args.model, args.run_id, args.kernel)
+    print(f"# nearest models to {args.model} (run {run.run_id}, scope {run.scope}, kernel {run.kernel})", file=sys.stderr)
     format_rows(list(NEIGHBOUR_COLUMNS), [tuple(r[c] for c in NEIGHBOUR_COLUMNS) for r in rows], args.format)
     return 0
 
@@ -356,6 +389,7 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows-per-task", type=int, default=DEFAULT_ROWS_PER_TASK, help=f"filters per Spark task (default {DEFAULT_ROWS_PER_TASK:,})"
     )
     parser.add_argument("--force", action="store_true", help="re-import models even when unchanged")
+    _add_kernels(parser)
     _add_quality_thresholds(parser)
 
 
@@ -375,11 +409,12 @@ def run_import_filterdb(args: argparse.Namespace) -> int:
         normalise_tasks=args.normalise_tasks,
         rows_per_task=args.rows_per_task,
         force=args.force,
+        kernels=args.kernels,
     )
     report = run_import(spark, db, options)
     for line in report.lines():
         print(line)
-    print(f"tables: models, layers, filters in {options.tables.describe()}")
+    print(f"tables: models, layers, filters, kernels in {options.tables.describe()}")
     return 0
 
 

@@ -14,7 +14,8 @@ def tables_root(warehouse: str) -> str:
     return warehouse if os.path.isdir(os.path.join(warehouse, "models", "_delta_log")) else f"{warehouse}/filterdb.db"
 
 
-VOLATILE = {"models": ["device", "device_note", "extracted_at", "extraction_seconds"], "layers": [], "filters": []}
+VOLATILE = {"models": ["device", "device_note", "extracted_at", "extraction_seconds"], "layers": [], "filters": [],
+            "kernels": []}
 
 
 def comparable(spark, warehouse: str, table: str, model_ids: list[int] | None = None):
@@ -32,17 +33,18 @@ def comparable(spark, warehouse: str, table: str, model_ids: list[int] | None = 
 
 
 def assert_same_tables(spark, expected_wh: str, actual_wh: str, model_ids: list[int] | None = None) -> dict[str, int]:
-    """Row-for-row equality (duplicates count) of the three extraction tables (optionally
+    """Row-for-row equality (duplicates count) of the four extraction tables (optionally
     of the expected warehouse's rows of ``model_ids`` only)."""
     counts = {}
-    for table in ("models", "layers", "filters"):
+    for table in ("models", "layers", "filters", "kernels"):
         a, b = comparable(spark, expected_wh, table, model_ids), comparable(spark, actual_wh, table)
         na, nb = a.count(), b.count()
         assert na == nb, f"{table}: {nb} rows, expected {na}"
         assert a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, f"{table} differs"
         counts[table] = nb
-    keys = spark.read.format("delta").load(f"{tables_root(actual_wh)}/filters")
-    assert keys.select("model_id", "layer_index", "filter_index").distinct().count() == counts["filters"]
+    for table in ("filters", "kernels"):
+        keys = spark.read.format("delta").load(f"{tables_root(actual_wh)}/{table}")
+        assert keys.select("model_id", "layer_index", "filter_index").distinct().count() == counts[table], table
     return counts
 
 

@@ -56,23 +56,27 @@ def load_population(spark, warehouse: str, where: str | None = None) -> pd.DataF
 
 
 class Reference:
-    """The published method, in memory, on the rows of ``pdf``."""
+    """The published method, in memory, on the rows of ``pdf``: 3x3 filters (``w0..w8``),
+    or k x k kernels (a ``weights`` column of k² values); coefficients, histograms and
+    shifts on the first ``components`` components (default all)."""
 
-    def __init__(self, pdf: pd.DataFrame, dims: list[str], bins: int = 70):
-        w = pdf[W].to_numpy(np.float64)
+    def __init__(self, pdf: pd.DataFrame, dims: list[str], bins: int = 70, components: int | None = None):
+        w = np.stack(pdf["weights"].to_numpy()).astype(np.float64) if "weights" in pdf else pdf[W].to_numpy(np.float64)
         finite = np.isfinite(w).all(axis=1)
         self.pdf = pdf[finite].reset_index(drop=True)
         w = w[finite]
+        self.d = w.shape[1]
+        self.n_comp = components or self.d
         peak = np.abs(w).max(axis=1, keepdims=True)
         self.scaled = np.where(peak > 0, w / np.where(peak > 0, peak, 1.0), w)
-        pca = PCA(n_components=9, svd_solver="full").fit(self.scaled)
+        pca = PCA(n_components=self.d, svd_solver="full").fit(self.scaled)
         comps = pca.components_.copy()
         for row in comps:  # sign rule: the largest |entry| of each component is positive
             if row[np.argmax(np.abs(row))] < 0:
                 row *= -1
         self.components, self.mean = comps, pca.mean_
         self.ev, self.evr = pca.explained_variance_, pca.explained_variance_ratio_
-        self.coeffs = (self.scaled - self.mean) @ comps.T
+        self.coeffs = (self.scaled - self.mean) @ comps[: self.n_comp].T
         self.lo, self.hi, self.bins = self.coeffs.min(), self.coeffs.max(), bins
         self.labels = {d: self._labels(d) for d in dims}
         self.labels["all"] = np.array(["all"] * len(self.pdf), dtype=object)
@@ -88,11 +92,11 @@ class Reference:
         return self.labels[dim] == group
 
     def counts(self, mask: np.ndarray) -> np.ndarray:
-        return np.stack([np.histogram(self.coeffs[mask, i], self.bins, (self.lo, self.hi))[0] for i in range(9)])
+        return np.stack([np.histogram(self.coeffs[mask, i], self.bins, (self.lo, self.hi))[0] for i in range(self.n_comp)])
 
     def hist(self, mask: np.ndarray) -> np.ndarray:
         out = []
-        for i in range(9):
+        for i in range(self.n_comp):
             h = np.histogram(self.coeffs[mask, i], self.bins, (self.lo, self.hi), density=True)[0]
             h[h == 0] = EPS32
             out.append(h / h.sum())
@@ -100,7 +104,7 @@ class Reference:
 
     def shift(self, a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
         p, q = self.hist(a), self.hist(b)
-        per = np.array([self.evr[i] * (entropy(p[i], q[i]) + entropy(q[i], p[i])) for i in range(9)])
+        per = np.array([self.evr[i] * (entropy(p[i], q[i]) + entropy(q[i], p[i])) for i in range(self.n_comp)])
         return per.sum(), per
 
 
@@ -116,10 +120,15 @@ def run_tables(spark, warehouse: str, run_id: str) -> dict[str, pd.DataFrame]:
 
 
 def check_against_reference(tables: dict[str, pd.DataFrame], ref: Reference, dims: list[str], small: int = 700) -> None:
-    n = len(ref.pdf)
+    n, n_comp = len(ref.pdf), ref.n_comp
     basis = tables["pca_basis"].sort_values("component")
-    assert list(basis["component"]) == list(range(9))
-    np.testing.assert_allclose(basis[[f"v{i}" for i in range(9)]].to_numpy(), ref.components, atol=TOL)
+    assert list(basis["component"]) == list(range(ref.d))
+    vectors = np.stack(basis["vector"].to_numpy())
+    np.testing.assert_allclose(vectors, ref.components, atol=TOL)
+    if ref.d == 9:  # v0..v8 are the vector of a 3x3 basis, null for any other
+        np.testing.assert_array_equal(basis[[f"v{i}" for i in range(9)]].to_numpy(), vectors)
+    else:
+        assert basis[[f"v{i}" for i in range(9)]].isna().all().all()
     np.testing.assert_allclose(basis["explained_variance_ratio"], ref.evr, atol=TOL)
     np.testing.assert_allclose(basis["explained_variance"], ref.ev, atol=TOL, rtol=TOL)
     np.testing.assert_allclose(np.stack(basis["mean"].to_numpy())[0], ref.mean, atol=TOL)
@@ -129,6 +138,9 @@ def check_against_reference(tables: dict[str, pd.DataFrame], ref: Reference, dim
     assert len(runs) == 1 and runs["n_filters"][0] == n
     assert runs["range_lo"][0] == pytest.approx(ref.lo, abs=TOL) and runs["range_hi"][0] == pytest.approx(ref.hi, abs=TOL)
     assert list(runs["dimensions"][0]) == dims
+    k = int(round(np.sqrt(ref.d)))
+    assert runs["kernel"][0] == f"{k}x{k}" and runs["components"][0] == n_comp
+    np.testing.assert_allclose(runs["explained_variance_ratio"][0], ref.evr, atol=TOL)  # all k² of them
 
     hist, stats = tables["coefficient_histograms"], tables["coefficient_stats"]
     expected_groups = {(d, g) for d in [*dims, "all"] for g in set(ref.labels[d])}
@@ -138,14 +150,14 @@ def check_against_reference(tables: dict[str, pd.DataFrame], ref: Reference, dim
     for (dim, group), rows in hist.groupby(["dimension", "group_value"]):
         mask = ref.mask(dim, group)
         rows = rows.sort_values(["component", "bin"])
-        counts = rows["count"].to_numpy().reshape(9, ref.bins)
+        counts = rows["count"].to_numpy().reshape(n_comp, ref.bins)
         np.testing.assert_array_equal(counts, ref.counts(mask), err_msg=f"{dim}={group}")
-        np.testing.assert_allclose(rows["probability"].to_numpy().reshape(9, ref.bins), ref.hist(mask), atol=TOL)
+        np.testing.assert_allclose(rows["probability"].to_numpy().reshape(n_comp, ref.bins), ref.hist(mask), atol=TOL)
         assert set(rows["n_filters"]) == {mask.sum()}
         assert set(rows["small_group"]) == {bool(mask.sum() < small)}
         st = stats[(stats["dimension"] == dim) & (stats["group_value"] == group)].sort_values("component")
         c = ref.coeffs[mask]
-        assert list(st["n_filters"]) == [mask.sum()] * 9
+        assert list(st["n_filters"]) == [mask.sum()] * n_comp
         np.testing.assert_allclose(st["mean"], c.mean(axis=0), atol=TOL)
         np.testing.assert_allclose(st["min"], c.min(axis=0), atol=TOL)
         np.testing.assert_allclose(st["max"], c.max(axis=0), atol=TOL)

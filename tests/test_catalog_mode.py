@@ -26,8 +26,8 @@ def test_catalog_mode_writes_and_reads_managed_tables(spark, demo_warehouse, ana
 
         tables = {t.name: t.tableType for t in spark.catalog.listTables(f"{CATALOG}.{DATABASE}")}
         assert {n: k for n, k in tables.items() if k != "VIEW"} == dict.fromkeys(
-            ["analysis_runs", "coefficient_histograms", "coefficient_stats", "filters", "layer_histograms", "layers",
-             "model_neighbours", "model_shifts", "models", "pca_basis", "shifts"], "MANAGED")
+            ["analysis_runs", "coefficient_histograms", "coefficient_stats", "filters", "kernels", "layer_histograms",
+             "layers", "model_neighbours", "model_shifts", "models", "pca_basis", "shifts"], "MANAGED")
         assert tables["shifts_latest"] == "VIEW"
         for name in ("models", "filters", "shifts"):
             detail = spark.sql(f"DESCRIBE DETAIL {CATALOG}.{DATABASE}.{name}").first()
@@ -39,6 +39,9 @@ def test_catalog_mode_writes_and_reads_managed_tables(spark, demo_warehouse, ana
         assert main(["sql", "--catalog-name", CATALOG, "--database", DATABASE,
                      f"SELECT count(*) AS n FROM {CATALOG}.{DATABASE}.filters"]) == 0
         assert f"\n{demo_warehouse['report'].filters_written}" in capsys.readouterr().out
+        assert main(["sql", "--catalog-name", CATALOG, "--database", DATABASE,
+                     f"SELECT count(*) AS n FROM {CATALOG}.{DATABASE}.kernels WHERE k = 7"]) == 0
+        assert "\n272" in capsys.readouterr().out
         again = run_extraction(spark, read_catalog(demo_warehouse["catalog"]), options)
         assert again.extracted == 0 and again.skipped == demo_warehouse["report"].models_total
     finally:

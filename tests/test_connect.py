@@ -36,6 +36,7 @@ def test_extraction_over_connect_equals_classic(spark, demo_warehouse, connect_w
     assert "filters written by: spark (direct Delta commits need the driver's JVM (a Spark Connect session" in out
     counts = assert_same_tables(spark, demo_warehouse["warehouse"], connect_warehouse["warehouse"])
     assert counts["filters"] == demo_warehouse["report"].filters_written > 20_000
+    assert counts["kernels"] == demo_warehouse["report"].kernels_written > 0  # the spark path's second pass
     print(f"\n[connect] extraction tables equal classic: {counts}")
     # Fingerprints are read back over Connect too: the same catalog again commits nothing.
     again = connect(connect_server, "extract", "--catalog", str(demo_warehouse["catalog"]),
@@ -56,6 +57,8 @@ def test_sql_quality_and_report_over_connect(spark, analyzed_warehouse, connect_
     wh = connect_warehouse["warehouse"]
     query = "SELECT task, count(*) AS n, round(sum(w4), 6) AS s FROM filterdb.filters GROUP BY task ORDER BY task"
     remote_sql = connect(connect_server, "sql", "--warehouse", wh, query)
+    kernels_query = "SELECT k, count(*) AS n, round(sum(weights[0]), 6) AS s FROM filterdb.kernels GROUP BY k ORDER BY k"
+    remote_kernels = connect(connect_server, "sql", "--warehouse", wh, kernels_query)
     remote_quality = connect(connect_server, "quality", "--warehouse", wh, "--limit", "0")
     remote_shifts = connect(connect_server, "sql", "--warehouse", wh,
                             "SELECT dimension, group_a, group_b, round(shift, 6) AS shift FROM filterdb.shifts_latest "
@@ -63,11 +66,12 @@ def test_sql_quality_and_report_over_connect(spark, analyzed_warehouse, connect_
     capsys.readouterr()
     local = analyzed_warehouse["warehouse"]
     assert main(["sql", "--warehouse", local, query]) == 0
+    assert main(["sql", "--warehouse", local, kernels_query]) == 0
     assert main(["quality", "--warehouse", local, "--limit", "0"]) == 0
     assert main(["sql", "--warehouse", local, "SELECT dimension, group_a, group_b, round(shift, 6) AS shift "
                  "FROM filterdb.shifts_latest ORDER BY dimension, group_a, group_b"]) == 0
     classic = capsys.readouterr().out
-    for text in (remote_sql, remote_quality, remote_shifts):
+    for text in (remote_sql, remote_kernels, remote_quality, remote_shifts):
         assert _result_table(text) in classic
     out = connect(connect_server, "report", "--warehouse", wh, "--out", str(tmp_path / "report"))
     html = (tmp_path / "report" / "index.html").read_text()

@@ -193,6 +193,21 @@ def test_every_format_yields_exact_filters(spark, zoo, extracted):
         assert np.array_equal(rows, expected), name  # bit-exact float32
 
 
+def test_every_format_yields_exact_kernels(spark, zoo, extracted):
+    """The 5x5 layer (4 x 8 kernels) reaches ``kernels`` bit-exact from every format, ONNX included;
+    the 3x3 and 1x1 layers do not."""
+    (c5,) = [w for w in conv_weights(zoo["model"]) if w.shape[2:] == (5, 5)]
+    expected = c5.reshape(-1, 25).numpy()
+    kernels = read_table(spark, extracted["warehouse"], "kernels")
+    for name in FORMAT_FILES:
+        rows = kernels.where(f"model_id = {model_id_for(name)}").orderBy("layer_index", "filter_index").toPandas()
+        assert set(rows.k) == {5} and set(rows.layer_index) == {4} and list(rows.filter_index) == list(range(32)), name
+        assert np.array_equal(np.stack(rows.weights.to_numpy()), expected), name
+        assert set(rows.task) == {"classification"} and set(rows.conv_depth_norm) == {1.0}, name
+    assert kernels.count() == 32 * len(FORMAT_FILES)
+    assert extracted["report"].kernels_written == 32 * len(FORMAT_FILES)
+
+
 def test_same_model_in_every_format_gives_identical_rows(spark, extracted):
     filters = read_table(spark, extracted["warehouse"], "filters")
     cols = ["layer_index", "filter_index", *[f"w{i}" for i in range(9)], "conv_depth", "conv_depth_norm", "task"]
@@ -259,7 +274,7 @@ def test_rerun_append_and_replace(spark, zoo, tmp_path):
 
     first = run_extraction(spark, read_catalog(catalog), options)
     assert first.extracted == 2 and first.ok == 2
-    versions = {t: table_version(spark, warehouse, t) for t in ("models", "layers", "filters")}
+    versions = {t: table_version(spark, warehouse, t) for t in ("models", "layers", "filters", "kernels")}
     before = read_table(spark, warehouse, "filters").toPandas().sort_values(["model_id", "layer_index", "filter_index"])
 
     again = run_extraction(spark, read_catalog(catalog), options)
@@ -285,6 +300,11 @@ def test_rerun_append_and_replace(spark, zoo, tmp_path):
     assert {t: table_version(spark, warehouse, t) for t in versions} == {t: v + 1 for t, v in versions.items()}
     filters = read_table(spark, warehouse, "filters")
     assert filters.count() == 3 * 42
+    kernels = read_table(spark, warehouse, "kernels")
+    assert kernels.count() == 3 * 32
+    new_kernels = kernels.where(f"model_id = {model_id_for('tiny-pt')}").orderBy("filter_index").toPandas()
+    (c5,) = [w for w in conv_weights(other) if w.shape[2:] == (5, 5)]
+    assert np.array_equal(np.stack(new_kernels.weights.to_numpy()), c5.reshape(-1, 25).numpy())
     new_rows = (
         filters.where(f"model_id = {model_id_for('tiny-pt')}").orderBy("layer_index", "filter_index")
         .select(*[f"w{i}" for i in range(9)]).toPandas().to_numpy()
@@ -388,6 +408,8 @@ def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_
     filters = read_table(spark, warehouse, "filters")
     assert filters.count() == 42
     assert filters.select("layer_index", "filter_index").distinct().count() == 42
+    kernels = read_table(spark, warehouse, "kernels")
+    assert kernels.count() == 32 and kernels.select("filter_index").distinct().count() == 32
 
 
 # --- how filter rows reach Delta: executor-written files vs Spark's writer ----------------------------
@@ -406,7 +428,7 @@ def test_files_and_spark_write_paths_give_identical_tables(spark, zoo, extracted
     report = run_extraction(spark, read_catalog(zoo["catalog"]), ExtractOptions(warehouse=warehouse, write="spark"))
     assert report.write == "spark" and report.ok == extracted["report"].ok
     keys = {"filters": ["model_id", "layer_index", "filter_index"], "layers": ["model_id", "layer_index"],
-            "models": ["model_id"]}
+            "models": ["model_id"], "kernels": ["model_id", "layer_index", "filter_index"]}
     volatile = ["extracted_at", "extraction_seconds"]
     for name, key in keys.items():
         mine = _sorted_frame(read_table(spark, extracted["warehouse"], name).drop(*volatile), key)
@@ -458,6 +480,7 @@ def test_failed_filters_commit_leaves_no_files_and_recovers(spark, zoo, tmp_path
         run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))
     root = Path(table_path(warehouse, "filterdb", "filters"))
     assert [p for p in root.rglob("*.parquet")] == []  # the tasks' files were deleted
+    assert list(Path(table_path(warehouse, "filterdb", "kernels")).rglob("*.parquet")) == []  # theirs too
     assert read_table(spark, warehouse, "filters").count() == 0
     monkeypatch.undo()
     report = run_extraction(spark, read_catalog(catalog), ExtractOptions(warehouse=warehouse))

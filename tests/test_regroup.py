@@ -39,6 +39,7 @@ def frozen_reference(pdf: pd.DataFrame, basis: pd.DataFrame, run: pd.Series, dim
     ref = Reference.__new__(Reference)
     w = pdf[W].to_numpy(np.float64)
     ref.pdf = pdf.reset_index(drop=True)
+    ref.d = ref.n_comp = 9
     peak = np.abs(w).max(axis=1, keepdims=True)
     ref.scaled = np.where(peak > 0, w / np.where(peak > 0, peak, 1.0), w)
     basis = basis.sort_values("component")

@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import is_connect, session_key
 from filterspark.delta.files import local_path
-from filterspark.delta.schemas import ALL_TABLES, VIEWS
+from filterspark.delta.schemas import ALL_TABLES, ANALYSIS_TABLES, VIEWS, latest_view_parts
 from filterspark.delta.sql_functions import register_functions
 from filterspark.delta.warehouse import DEFAULT_DATABASE, Warehouse, as_warehouse, quote, same_location
 from filterspark.errors import SessionError
@@ -147,13 +147,32 @@ def _drop_stale_names(spark: SparkSession, wh: Warehouse, db_location: str, name
             spark.sql(f"DROP TABLE {wh.name(table.name)}")
 
 
+#: Sessions and schemas whose ``_latest`` views were defined over a table without the
+#: ``kernel`` column (an older version's): to be defined again once a run adds it.
+_LEGACY_VIEWS: set[tuple[str, str]] = set()
+
+
+def views_predate_kernel(spark: SparkSession, wh: Warehouse) -> bool:
+    """Whether this session's ``_latest`` views of ``wh`` were defined over an older
+    version's tables (without ``kernel``)."""
+    return (session_key(spark), wh.schema_sql) in _LEGACY_VIEWS
+
+
 def _register_views(spark: SparkSession, wh: Warehouse, tables: list[str]) -> None:
     """Create the views of ``schemas.VIEWS`` whose tables exist (views are session-scoped
     without a metastore, so every session defines them again; a no-op change with one),
     and drop those whose tables do not."""
+    _LEGACY_VIEWS.discard((session_key(spark), wh.schema_sql))
+    has_kernel = {}  # analysis table -> whether it has the kernel column (an older version's lacks it)
     for view, (query, needs) in VIEWS.items():
         if all(t in tables for t in needs):
-            text = query.format(db=wh.schema_sql, models=wh.name("models"), layers=wh.name("layers"))
+            for t in needs:
+                if t in ANALYSIS_TABLES and t not in has_kernel:
+                    has_kernel[t] = "kernel" in spark.table(wh.name(t)).columns
+            parts = latest_view_parts(has_kernel.get(needs[0], False), has_kernel.get("analysis_runs", False))
+            if not all(has_kernel.values()):
+                _LEGACY_VIEWS.add((session_key(spark), wh.schema_sql))
+            text = query.format(db=wh.schema_sql, models=wh.name("models"), layers=wh.name("layers"), **parts)
             spark.sql(f"CREATE OR REPLACE VIEW {wh.name(view)} AS {text}")
         else:
             spark.sql(f"DROP VIEW IF EXISTS {wh.name(view)}")

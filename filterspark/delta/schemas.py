@@ -19,6 +19,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from filterspark.kernels.shapes import DEFAULT_KERNEL
 from filterspark.sources.catalog import KNOWN_METADATA  # noqa: E402 - the catalog schema owns it
 
 #: Model metadata denormalised into every ``filters`` row, for pruning and grouping.
@@ -139,8 +140,8 @@ KERNELS = StructType(
 )
 KERNELS_PARTITION_COLUMNS = ("model_id",)
 
-TABLES = {"models": MODELS, "layers": LAYERS, "filters": FILTERS}
-PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS}
+TABLES = {"models": MODELS, "layers": LAYERS, "filters": FILTERS, "kernels": KERNELS}
+PARTITION_COLUMNS = {"filters": FILTERS_PARTITION_COLUMNS, "kernels": KERNELS_PARTITION_COLUMNS}
 
 
 def arrow_schema(schema: StructType):
@@ -164,6 +165,11 @@ RUN_FIELDS = [
     StructField("run_at", TimestampType(), False),
 ]
 
+#: The kernel shape a run analysed (``"3x3"``: ``filters``; ``"5x5"``, ...: ``kernels``),
+#: the last column of every analysis table (added after issue 18: rows written before
+#: it read NULL there, which means 3x3; the ``_latest`` views show them as ``3x3``).
+KERNEL_FIELD = StructField("kernel", StringType())
+
 #: One row per analysis run: its settings, size and results in brief (the commit record).
 ANALYSIS_RUNS = StructType(
     [
@@ -183,10 +189,14 @@ ANALYSIS_RUNS = StructType(
         StructField("models_rescanned", LongType()),  # models whose filters this run read
         StructField("outside_share", DoubleType()),  # coefficients outside the range (left out of the bins)
         StructField("neighbours_k", IntegerType()),
+        StructField("components", IntegerType()),  # components with coefficients (--components; NULL: 9, 3x3)
+        KERNEL_FIELD,
     ]
 )
 
-#: One row per principal component of the scope's scaled filters.
+#: One row per principal component (all k² of them) of the scope's scaled kernels:
+#: ``vector`` the component's k² values row-major; ``v0..v8`` the same for 3x3 (NULL
+#: for other kernels).
 PCA_BASIS = StructType(
     [
         *RUN_FIELDS,
@@ -196,6 +206,8 @@ PCA_BASIS = StructType(
         StructField("explained_variance", DoubleType()),
         StructField("explained_variance_ratio", DoubleType()),
         StructField("n_filters", LongType()),
+        StructField("vector", ArrayType(DoubleType())),
+        KERNEL_FIELD,
     ]
 )
 
@@ -217,6 +229,7 @@ COEFFICIENT_HISTOGRAMS = StructType(
         StructField("probability", DoubleType()),
         StructField("n_filters", LongType()),
         StructField("small_group", BooleanType()),
+        KERNEL_FIELD,
     ]
 )
 
@@ -233,6 +246,7 @@ COEFFICIENT_STATS = StructType(
         StructField("max", DoubleType()),
         *[StructField(q, DoubleType()) for q in ("q01", "q05", "q25", "median", "q75", "q95", "q99")],
         StructField("small_group", BooleanType()),
+        KERNEL_FIELD,
     ]
 )
 
@@ -248,6 +262,7 @@ SHIFTS = StructType(
         StructField("n_a", LongType()),
         StructField("n_b", LongType()),
         StructField("small", BooleanType()),
+        KERNEL_FIELD,
     ]
 )
 
@@ -264,6 +279,7 @@ MODEL_SHIFTS = StructType(
         StructField("n_filters", LongType()),
         StructField("n_rest", LongType()),
         StructField("small", BooleanType()),
+        KERNEL_FIELD,
     ]
 )
 
@@ -292,6 +308,7 @@ LAYER_HISTOGRAMS = StructType(
         StructField("bins", IntegerType()),
         StructField("explained_variance_ratio", DoubleType()),  # of this component
         StructField("min_group_filters", LongType()),
+        KERNEL_FIELD,
     ]
 )
 
@@ -308,6 +325,7 @@ MODEL_NEIGHBOURS = StructType(
         StructField("shift", DoubleType()),
         StructField("n_filters", LongType()),
         StructField("neighbour_n_filters", LongType()),
+        KERNEL_FIELD,
     ]
 )
 
@@ -319,6 +337,7 @@ COEFFICIENTS = StructType(
         StructField("layer_index", IntegerType(), False),
         StructField("filter_index", IntegerType(), False),
         *[StructField(f"c{i}", DoubleType()) for i in range(9)],
+        KERNEL_FIELD,
     ]
 )
 
@@ -334,18 +353,32 @@ ANALYSIS_TABLES = {
     "analysis_runs": ANALYSIS_RUNS,
 }
 
-#: ``<table>_latest``: the rows of the latest complete run of each scope. Registered by
+#: ``<table>_latest``: the rows of the latest complete run of each scope and kernel, with
+#: ``kernel`` never NULL (an older version's rows: ``3x3``). Registered by
 #: ``registry.register_tables`` (views are session-scoped without a metastore) whenever
 #: the tables they read exist. ``{db}`` is the quoted schema (``Warehouse.schema_sql``);
-#: ``{models}``, ``{layers}``: those tables' identifiers (names, or ``delta.`path```).
+#: ``{models}``, ``{layers}``: those tables' identifiers (names, or ``delta.`path```);
+#: ``{columns}``, ``{run_kernel}``: :func:`latest_view_parts`.
 VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     f"{name}_latest": (
-        f"SELECT t.* FROM {{db}}.`{name}` t WHERE t.run_id IN "
-        f"(SELECT max(run_id) FROM {{db}}.`analysis_runs` GROUP BY scope)",
+        f"SELECT {{columns}} FROM {{db}}.`{name}` t WHERE t.run_id IN "
+        f"(SELECT max(run_id) FROM {{db}}.`analysis_runs` GROUP BY scope, {{run_kernel}})",
         (name, "analysis_runs"),
     )
     for name in ANALYSIS_TABLES
 }
+
+
+def latest_view_parts(table_has_kernel: bool, runs_have_kernel: bool) -> dict[str, str]:
+    """The ``{columns}`` and ``{run_kernel}`` of a ``_latest`` view, for a table (and an
+    ``analysis_runs``) with or without the ``kernel`` column (a warehouse an older
+    version analysed and this one has not yet)."""
+    default = f"'{DEFAULT_KERNEL}'"
+    return {
+        "columns": f"t.* EXCEPT (kernel), coalesce(t.kernel, {default}) AS kernel" if table_has_kernel
+        else f"t.*, {default} AS kernel",
+        "run_kernel": f"coalesce(kernel, {default})" if runs_have_kernel else default,
+    }
 
 
 def depth_decile_sql(column: str = "conv_depth_norm") -> str:

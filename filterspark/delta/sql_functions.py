@@ -7,11 +7,13 @@ grouping, from ``layer_histograms`` rows labelled with a ``group_value``::
         SELECT g.family AS group_value, h.*
         FROM filterdb.layer_histograms_latest h
         JOIN filterdb.layer_groups g USING (model_id, layer_index)
-        WHERE h.scope = 'all') WITH SINGLE PARTITION)
+        WHERE h.scope = 'all' AND h.kernel = '3x3') WITH SINGLE PARTITION)
 
+The rows must be of one run (one kernel: ``kernel`` in every analysis table and view).
 Input columns used: ``group_value`` (any type; NULL and '' are ``(none)``),
 ``component``, ``bin``, ``count``, ``range_lo``, ``range_hi``, ``bins``,
-``explained_variance_ratio`` and ``min_group_filters`` (all in ``layer_histograms``);
+``explained_variance_ratio`` and ``min_group_filters`` (all in ``layer_histograms``; the
+components are those the rows hold: 9 for 3x3, k² or ``--components`` for k x k);
 rows may be pre-summed per (group, component, bin). Output: ``group_a``, ``group_b``,
 ``shift``, ``kl_components``, ``n_a``, ``n_b``, ``small``, both orders of every pair, as
 in ``shifts`` and ``filterspark shifts --by``.
@@ -43,7 +45,6 @@ class GroupShifts:
         import numpy as np
 
         from filterspark.kernels.coefficients import NONE_LABEL
-        from filterspark.kernels.pca import N_WEIGHTS
 
         if batch.num_rows == 0:
             return iter(())
@@ -51,12 +52,17 @@ class GroupShifts:
         if self.settings is None:
             self.settings = (float(col("range_lo")[0].as_py()), float(col("range_hi")[0].as_py()),
                              int(col("bins")[0].as_py()), int(col("min_group_filters")[0].as_py()))
-            self.evr = np.full(N_WEIGHTS, np.nan)
+            self.evr = np.full(0, np.nan)
         bins = self.settings[2]
         labels = [NONE_LABEL if v is None or str(v) == "" else str(v) for v in col("group_value").to_pylist()]
         comp = col("component").to_numpy(zero_copy_only=False).astype(np.intp)
         b = col("bin").to_numpy(zero_copy_only=False).astype(np.intp)
         c = col("count").to_numpy(zero_copy_only=False).astype(np.int64)
+        n_comp = max(self.evr.size, int(comp.max()) + 1)  # components: as many as the rows show
+        if n_comp > self.evr.size:
+            grow = n_comp - self.evr.size
+            self.evr = np.r_[self.evr, np.full(grow, np.nan)]
+            self.counts = {k: np.vstack([v, np.zeros((grow, bins), np.int64)]) for k, v in self.counts.items()}
         self.evr[comp] = col("explained_variance_ratio").to_numpy(zero_copy_only=False)
         uniq, inverse = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
         inside = (b >= 0) & (b < bins)
@@ -64,7 +70,7 @@ class GroupShifts:
             rows = inverse == j
             counts = self.counts.get(label)
             if counts is None:
-                counts = self.counts[label] = np.zeros((N_WEIGHTS, bins), np.int64)
+                counts = self.counts[label] = np.zeros((n_comp, bins), np.int64)
                 self.sizes[label] = 0
             keep = rows & inside
             np.add.at(counts, (comp[keep], b[keep]), c[keep])

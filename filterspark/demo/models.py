@@ -58,6 +58,24 @@ class SepCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+class LargeKernelCNN(nn.Module):
+    """k x k nets without a 3x3 layer (ConvNeXt / MobileNet style): a k x k stem, a
+    depthwise k x k + pointwise 1x1 block, a full k x k conv, global pooling, head."""
+
+    def __init__(self, in_ch: int, n_out: int, k: int, width: int = 8) -> None:
+        super().__init__()
+        w, p = width, k // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, w, k, padding=p), nn.ReLU(),
+            nn.Conv2d(w, w, k, padding=p, groups=w), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 1), nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, k, padding=p), nn.ReLU())
+        self.head = nn.Linear(2 * w, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 class BranchCNN(nn.Module):
     """Stem conv, two parallel 3x3 convs on the same input concatenated, head."""
 

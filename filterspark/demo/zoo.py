@@ -119,6 +119,13 @@ def _specs() -> list[Spec]:
         Spec("photo-ae-replicated", "convae", "ConvAE(16-32,convT3x3,rgb)",
              lambda: zm.ConvAE(3), "photo-ae", "autoencoding", PHOTOS, DS_PHOTOS, ("onnx",),
              variant="replicated", base="photo-ae", derive="replicated"),
+        # k x k nets (kernels table); no 3x3 layer, so the filters table stays as it was
+        Spec("digits-largekernel5", "largekernel", "LargeKernelCNN(8-16,k5,dw5x5)",
+             lambda: zm.LargeKernelCNN(1, 10, 5), "digits", "classification", DIGITS, DS_DIGITS,
+             ("onnx",), epochs=10, lr=1e-2),
+        Spec("digits-largekernel7", "largekernel", "LargeKernelCNN(8-16,k7,dw7x7)",
+             lambda: zm.LargeKernelCNN(1, 10, 7), "digits", "classification", DIGITS, DS_DIGITS,
+             ("pt",), epochs=12, lr=5e-3),
     ]
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from filterspark.kernels.layer_histograms import LayerAccumulator, extended_bin_ids
-from filterspark.kernels.pca import N_WEIGHTS, FilterMoments, PCABasis, moments
+from filterspark.kernels.pca import FilterMoments, PCABasis, moments
 from filterspark.kernels.shifts import bin_ids_2d, counts_from_bin_ids, normalised_histogram, shift
 
 #: Depth groups: deciles of ``conv_depth_norm``, ``[0.0,0.1], (0.1,0.2], …, (0.9,1.0]``.
@@ -72,7 +72,7 @@ class PartitionAccumulator:
 
     def add(self, scaled: np.ndarray, coeffs: np.ndarray, labels: list[tuple[np.ndarray, list[str]]],
             layer_keys: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """Add a batch: scaled filters and their coefficients (n, 9) and, per dimension,
+        """Add a batch: scaled kernels (n, d) and their coefficients (n, components) and, per dimension,
         the rows' group codes with the code → label list; ``layer_keys``: the rows' model
         ids and layer indices, for the per-layer histograms.
 
@@ -104,11 +104,12 @@ class PartitionAccumulator:
         g = self.groups.get((dim, label))
         full = dim in self.full_dims
         if g is None:
-            g = GroupPartial(hist=np.zeros((N_WEIGHTS, self.bins), dtype=np.int64))
+            c = batch.coeffs.shape[1]  # components
+            g = GroupPartial(hist=np.zeros((c, self.bins), dtype=np.int64))
             if full:
-                g.fine = np.zeros((N_WEIGHTS, FINE_BINS), dtype=np.int64)
-                g.lo = np.full(N_WEIGHTS, np.inf)
-                g.hi = np.full(N_WEIGHTS, -np.inf)
+                g.fine = np.zeros((c, FINE_BINS), dtype=np.int64)
+                g.lo = np.full(c, np.inf)
+                g.hi = np.full(c, -np.inf)
                 g.moments = FilterMoments.zeros(self.ref)
             self.groups[(dim, label)] = g
         part = batch.part(rows, full)
@@ -159,9 +160,10 @@ class _BinnedBatch:
             return self.whole[full] if full in self.whole else self.whole[True]
         pick = (lambda a: a) if rows is None else (lambda a: a[rows])
         coeffs = pick(self.coeffs)
-        p = GroupPartial(hist=counts_from_bin_ids(pick(self.coarse), N_WEIGHTS, self.acc.bins), n=coeffs.shape[0])
+        c = coeffs.shape[1]
+        p = GroupPartial(hist=counts_from_bin_ids(pick(self.coarse), c, self.acc.bins), n=coeffs.shape[0])
         if full:
-            p.fine = counts_from_bin_ids(pick(self.fine), N_WEIGHTS, FINE_BINS)
+            p.fine = counts_from_bin_ids(pick(self.fine), c, FINE_BINS)
             p.lo, p.hi = coeffs.min(axis=0), coeffs.max(axis=0)
             p.moments = moments(pick(self.scaled), self.acc.ref)
         if rows is None:
@@ -224,12 +226,13 @@ def group_stats(g: GroupSummary, basis: PCABasis, lo: float, hi: float) -> dict[
     for a group summed from layer histograms, from its coefficient sums, and the
     quantiles from its published counts (exact to within one of those bins).
     """
+    c = g.hist.shape[0]  # components
     if g.moments is None:
-        n = np.full(N_WEIGHTS, float(g.n))
+        n = np.full(c, float(g.n))
         mean = g.total / n
         with np.errstate(invalid="ignore", divide="ignore"):
             var = (g.total_sq - n * mean * mean) / (n - 1)
-        std = np.sqrt(np.clip(var, 0.0, None)) if g.n >= 2 else np.full(N_WEIGHTS, np.nan)
+        std = np.sqrt(np.clip(var, 0.0, None)) if g.n >= 2 else np.full(c, np.nan)
         counts = g.hist
     else:
         comps = np.asarray(basis.components)
@@ -239,11 +242,11 @@ def group_stats(g: GroupSummary, basis: PCABasis, lo: float, hi: float) -> dict[
             var = np.einsum("ij,jk,ik->i", comps, m.covariance(), comps)
             std = np.sqrt(np.clip(var, 0.0, None))
         else:
-            std = np.full(N_WEIGHTS, np.nan)
+            std = np.full(c, np.nan)
         counts = g.fine
     qs = quantiles_from_counts(counts, lo, hi, list(QUANTILES.values()))
     qs = np.clip(qs, g.lo[:, None], g.hi[:, None])
-    stats = {"n_filters": np.full(N_WEIGHTS, g.n), "mean": mean, "std": std, "min": g.lo, "max": g.hi}
+    stats = {"n_filters": np.full(c, g.n), "mean": mean, "std": std, "min": g.lo, "max": g.hi}
     stats.update({name: qs[:, j] for j, name in enumerate(QUANTILES)})
     return stats
 

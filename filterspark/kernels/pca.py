@@ -1,4 +1,7 @@
-"""PCA of scaled 3x3 filters from mergeable moments (pure numpy, float64).
+"""PCA of scaled k x k kernels from mergeable moments (pure numpy, float64).
+
+A kernel is a row of ``d = k²`` weights (3x3 filters: ``d = 9``); every function takes
+``d`` from its input's shape.
 
 The distributed job computes :class:`FilterMoments` per batch/partition, merges them, and
 finishes on the driver with
@@ -13,23 +16,23 @@ Moments with different references merge by an exact-in-exact-arithmetic re-centr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-N_WEIGHTS = 9
+N_WEIGHTS = 9  # weights of a 3x3 filter
 _ROWS = 8192  # rows per block in project()
 
 
 def _as_filters(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != N_WEIGHTS:
-        raise ValueError(f"expected an (n, 9) array of 3x3 filters, got shape {x.shape}")
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError(f"expected an (n, d) array of kernels (d = k², 9 for 3x3), got shape {x.shape}")
     return x
 
 
 def scale_filters(x: np.ndarray) -> np.ndarray:
-    """Divide each filter (row of an (n, 9) array) by its own max |w|.
+    """Divide each kernel (row of an (n, d) array) by its own max |w|.
 
     All-zero rows are returned unchanged. Purely row-wise, so the result of a row is
     bit-identical whatever the batch split. Rows containing NaN are returned unchanged
@@ -46,26 +49,27 @@ def scale_filters(x: np.ndarray) -> np.ndarray:
 class FilterMoments:
     """Mergeable first/second moments of filters about a reference point ``ref``.
 
-    ``sum = Σ (x - ref)`` (9,), ``cross = Σ (x - ref)ᵀ (x - ref)`` (9, 9), ``n`` rows.
-    ``ref`` defaults to zeros (raw moments).
+    ``sum = Σ (x - ref)`` (d,), ``cross = Σ (x - ref)ᵀ (x - ref)`` (d, d), ``n`` rows.
+    ``ref`` defaults to zeros (raw moments); ``d`` is ``sum``'s length.
     """
 
     n: int
     sum: np.ndarray
     cross: np.ndarray
-    ref: np.ndarray = field(default_factory=lambda: np.zeros(N_WEIGHTS))
+    ref: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.n = int(self.n)
-        self.sum = np.asarray(self.sum, dtype=np.float64).reshape(N_WEIGHTS)
-        self.cross = np.asarray(self.cross, dtype=np.float64).reshape(N_WEIGHTS, N_WEIGHTS)
-        self.ref = np.asarray(self.ref, dtype=np.float64).reshape(N_WEIGHTS)
+        self.sum = np.asarray(self.sum, dtype=np.float64).reshape(-1)
+        d = self.sum.size
+        self.cross = np.asarray(self.cross, dtype=np.float64).reshape(d, d)
+        self.ref = np.zeros(d) if self.ref is None else np.asarray(self.ref, dtype=np.float64).reshape(d)
 
     @classmethod
-    def zeros(cls, ref: np.ndarray | None = None) -> "FilterMoments":
-        """The empty (identity) element for :meth:`merge`."""
-        r = np.zeros(N_WEIGHTS) if ref is None else ref
-        return cls(0, np.zeros(N_WEIGHTS), np.zeros((N_WEIGHTS, N_WEIGHTS)), r)
+    def zeros(cls, ref: np.ndarray | None = None, d: int = N_WEIGHTS) -> "FilterMoments":
+        """The empty (identity) element for :meth:`merge` (``d`` weights, or ``ref``'s)."""
+        d = d if ref is None else np.asarray(ref).size
+        return cls(0, np.zeros(d), np.zeros((d, d)), ref)
 
     @property
     def mean(self) -> np.ndarray:
@@ -73,7 +77,7 @@ class FilterMoments:
 
     def recentred(self, ref: np.ndarray) -> "FilterMoments":
         """The same moments expressed about another reference point."""
-        ref = np.asarray(ref, dtype=np.float64).reshape(N_WEIGHTS)
+        ref = np.asarray(ref, dtype=np.float64).reshape(self.sum.size)
         if np.array_equal(ref, self.ref):
             return self
         d = self.ref - ref  # x - ref = (x - self.ref) + d
@@ -90,8 +94,8 @@ class FilterMoments:
         """Sum of two moment sets; ``other`` is re-centred onto ``self.ref`` if needed."""
         if other.n == 0:
             return self
-        if self.n == 0:
-            return other.recentred(self.ref)
+        if self.n == 0:  # an empty set of another size (the default 3x3 identity) takes other's
+            return other.recentred(self.ref if self.ref.size == other.ref.size else np.zeros(other.ref.size))
         o = other.recentred(self.ref)
         return FilterMoments(self.n + o.n, self.sum + o.sum, self.cross + o.cross, self.ref)
 
@@ -106,9 +110,9 @@ class FilterMoments:
 
 
 def moments(x: np.ndarray, ref: np.ndarray | None = None) -> FilterMoments:
-    """Moments of an (n, 9) batch about ``ref`` (default zeros)."""
+    """Moments of an (n, d) batch about ``ref`` (default zeros)."""
     x = _as_filters(x)
-    r = np.zeros(N_WEIGHTS) if ref is None else np.asarray(ref, dtype=np.float64)
+    r = np.zeros(x.shape[1]) if ref is None else np.asarray(ref, dtype=np.float64)
     d = x - r
     return FilterMoments(x.shape[0], d.sum(axis=0), d.T @ d, r)
 
@@ -121,7 +125,7 @@ def provisional_reference(x: np.ndarray) -> np.ndarray:
     """
     x = _as_filters(x)
     if x.shape[0] == 0:
-        return np.zeros(N_WEIGHTS)
+        return np.zeros(x.shape[1])
     return np.round(x.mean(axis=0) * 1024.0) / 1024.0
 
 
@@ -137,6 +141,16 @@ class PCABasis:
 
     def transform(self, x_scaled: np.ndarray) -> np.ndarray:
         return project(x_scaled, self)
+
+    @property
+    def k(self) -> int:
+        """The kernel side (``d = k²`` weights)."""
+        return int(round(np.sqrt(self.components.shape[1])))
+
+    def leading(self, n: int) -> "PCABasis":
+        """The first ``n`` components (their variances and ratios of the total, not renormalised)."""
+        return PCABasis(self.mean, self.components[:n], self.explained_variance[:n],
+                        self.explained_variance_ratio[:n], self.n_filters)
 
 
 def _fix_signs(components: np.ndarray) -> np.ndarray:
@@ -171,9 +185,9 @@ def pca_direct(x_scaled: np.ndarray) -> PCABasis:
 
 
 def project(x_scaled: np.ndarray, basis: PCABasis) -> np.ndarray:
-    """Coefficients ``(x - mean) @ components.T``, (n, 9).
+    """Coefficients ``(x - mean) @ components.T``, (n, components).
 
-    Evaluated as an explicit element-wise sum over the 9 weights in a fixed order (no
+    Evaluated as an explicit element-wise sum over the d weights in a fixed order (no
     BLAS), so each row's result is bit-identical however the rows are batched or laid
     out. Computed component-major (the result is the transposed view of a (9, n) array).
     """
@@ -181,9 +195,11 @@ def project(x_scaled: np.ndarray, basis: PCABasis) -> np.ndarray:
     mean = np.asarray(basis.mean, dtype=np.float64)
     comp = np.asarray(basis.components, dtype=np.float64)
     k, n = comp.shape[0], x.shape[0]
+    if comp.ndim != 2 or comp.shape[1] != x.shape[1]:
+        raise ValueError(f"a basis of {comp.shape[-1]} weights cannot project kernels of {x.shape[1]}")
     out = np.empty((k, n))
     tmp = np.empty(min(n, _ROWS))
-    d = np.empty((N_WEIGHTS, min(n, _ROWS)))
+    d = np.empty((x.shape[1], min(n, _ROWS)))
     for s in range(0, n, _ROWS):  # cache-sized blocks; element-wise, so exact
         e = min(s + _ROWS, n)
         dd, t = d[:, : e - s], tmp[: e - s]
@@ -191,7 +207,7 @@ def project(x_scaled: np.ndarray, basis: PCABasis) -> np.ndarray:
         for c in range(k):
             o = out[c, s:e]
             np.multiply(dd[0], comp[c, 0], out=o)
-            for j in range(1, N_WEIGHTS):
+            for j in range(1, x.shape[1]):
                 np.multiply(dd[j], comp[c, j], out=t)
                 o += t
     return out.T

@@ -114,26 +114,43 @@ def filter_grid(filters: pd.DataFrame, layers: pd.DataFrame | None = None, title
 # --- PCA basis ---------------------------------------------------------------------------------
 
 
-def pca_basis_figure(basis: pd.DataFrame, title: str | None = None) -> Figure:
-    """The nine principal components as 3x3 images with their explained-variance ratios.
+def basis_vectors(basis: pd.DataFrame) -> np.ndarray:
+    """The components of ``pca_basis`` rows (sorted by component) as a (components, k²)
+    array: ``vector``, or ``v0..v8`` for 3x3 rows without it (an older version's)."""
+    b = basis.sort_values("component")
+    if "vector" in b.columns and b["vector"].notna().all():
+        return np.stack([np.asarray(v, np.float64) for v in b["vector"]])
+    return b[COMPONENTS].to_numpy(np.float64)
 
-    ``basis``: ``component, v0..v8, explained_variance_ratio`` (``pca_basis`` rows of one run).
+
+def pca_basis_figure(basis: pd.DataFrame, title: str | None = None) -> Figure:
+    """The principal components as k x k images with their explained-variance ratios (3x3:
+    one row of nine; larger kernels: rows of up to ten tiles).
+
+    ``basis``: ``component, vector`` (or ``v0..v8``), ``explained_variance_ratio``
+    (``pca_basis`` rows of one run).
     """
     b = basis.sort_values("component")
-    vmax = float(np.abs(b[COMPONENTS].to_numpy()).max()) or 1.0
-    fig = Figure(figsize=(10, 1.9), layout="constrained")
-    axes = fig.subplots(1, len(b))
+    vectors = basis_vectors(b)
+    n, d = vectors.shape
+    k = int(round(math.sqrt(d)))
+    vmax = float(np.abs(vectors).max()) or 1.0
+    columns = n if k == 3 else min(n, 10)
+    rows = math.ceil(n / columns)
+    fig = Figure(figsize=(10, 1.9) if rows == 1 else (10, 1.25 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
     image = None
-    for ax, row in zip(np.atleast_1d(axes), b.itertuples()):
-        comp = np.array([getattr(row, c) for c in COMPONENTS]).reshape(3, 3)
-        image = ax.imshow(comp, cmap=DIVERGING, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    for ax, row, vector in zip(axes, b.itertuples(), vectors):
+        image = ax.imshow(vector.reshape(k, k), cmap=DIVERGING, vmin=-vmax, vmax=vmax, interpolation="nearest")
         ax.set_gid(f"component-{row.component}")
-        ax.set_title(f"c{row.component}: {row.explained_variance_ratio:.1%}", fontsize=9)
+        ax.set_title(f"c{row.component}: {row.explained_variance_ratio:.1%}", fontsize=9 if k == 3 else 7)
         ax.set_xticks([])
         ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_axis_off()
     if image is not None:
-        fig.colorbar(image, ax=list(np.atleast_1d(axes)), shrink=0.8)
-    fig.suptitle(title or "PCA basis of the scaled 3x3 filters (explained-variance ratio)")
+        fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.suptitle(title or f"PCA basis of the scaled {k}x{k} {'filters' if k == 3 else 'kernels'} (explained-variance ratio)")
     return fig
 
 
@@ -146,7 +163,8 @@ def explained_variance_figure(basis: pd.DataFrame, title: str | None = None) -> 
     ax = fig.subplots()
     ax.bar(k, ratio, color="#9ecae1", label="per component")
     ax.plot(k, np.cumsum(ratio), "o-", color="#08519c", label="cumulative", gid="cumulative")
-    ax.set_xticks(k, [f"c{i}" for i in k])
+    step = max(1, math.ceil(len(k) / 12))  # at most about 12 labels (k x k bases have k² components)
+    ax.set_xticks(k[::step], [f"c{i}" for i in k[::step]])
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("explained-variance ratio")
     ax.grid(axis="y", alpha=0.3)

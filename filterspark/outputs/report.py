@@ -86,6 +86,13 @@ class ReportOptions(WarehouseOptions):
     group_by: tuple[str, ...] = (rd.HEALTH, "task")  # model groups of the depth box plots
     shifts_by: tuple[str, ...] = ()  # any-grouping shift heatmaps (SQL expressions, as shifts --by)
     inline: bool = False
+    kernels: tuple[str, ...] = ()  # k x k bases drawn besides 3x3 (default: every kernel with a run of scope)
+
+    def __post_init__(self) -> None:
+        from filterspark.kernels.shapes import kernel_name, parse_kernel
+
+        self.kernels = tuple(kernel_name(parse_kernel(k)) for k in self.kernels)
+        super().__post_init__()
 
 
 @dataclass
@@ -183,6 +190,16 @@ def build_figures(spark, options: ReportOptions, run: dict | None):
             yield FigureEntry(f"shift_heatmap_by_{_slug(expr)}", f"Shifts between groups of {expr}",
                               f"D(P,Q) per pair of groups of the expression, summed from the run's per-layer "
                               f"histograms ({BASIS_NOTE}).", "layer_histograms"), plots.shift_heatmap(frame, expr)
+    for other in rd.kernel_runs(spark, db, run["scope"] if run else options.scope, options.kernels):
+        kernel = other["kernel"]
+        basis_df = rd.run_frame(spark, db, "pca_basis", other["run_id"])
+        yield FigureEntry(f"pca_basis_{kernel}", f"PCA basis of the {kernel} kernels", f"The {len(basis_df)} principal "
+                          f"components of the {other['n_filters']:,} scaled {kernel} kernels (run {other['run_id']}), "
+                          "with their explained-variance ratios.", "pca_basis"), \
+            plots.pca_basis_figure(basis_df)
+        yield FigureEntry(f"explained_variance_{kernel}", f"Explained variance of the {kernel} basis",
+                          "Explained-variance ratio per component and cumulative.", "pca_basis"), \
+            plots.explained_variance_figure(basis_df, title=f"Explained variance of the {kernel} PCA basis")
     layers = rd.layer_rows(spark, db)
     groups = rd.model_groups(spark, db, (rd.HEALTH, *options.group_by))
     yield FigureEntry("quality_scatter", "Layer entropy vs. sparsity", "Every 3x3 layer of the ok models; a model is "
@@ -317,6 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shifts-by", action="append", default=[], help="also draw the shift heatmap of this "
                         "grouping (a SQL expression, as filterspark shifts --by; repeatable)")
     parser.add_argument("--inline", action="store_true", help="embed the PNGs in index.html (one file)")
+    parser.add_argument("--kernel", action="append", default=[], help="also draw the basis of this kernel shape's "
+                        "latest run (KxK, repeatable; default: every kernel other than 3x3 with a run of --scope)")
 
 
 def run(spark, args: argparse.Namespace) -> int:
@@ -325,7 +344,7 @@ def run(spark, args: argparse.Namespace) -> int:
         warehouse=args.warehouse, out=args.out, database=args.database, catalog_name=args.catalog_name,
         run_id=args.run_id, scope=args.scope,
         models=tuple(args.model), group_by=tuple(g.strip() for g in args.group_by.split(",") if g.strip()),
-        shifts_by=tuple(args.shifts_by), inline=args.inline,
+        shifts_by=tuple(args.shifts_by), inline=args.inline, kernels=tuple(args.kernel),
     )
     result = build_report(spark, options)
     for line in result.lines():

@@ -17,8 +17,10 @@ from filterspark.delta.capabilities import set_job_description
 from filterspark.delta.schemas import WEIGHT_COLUMNS
 from filterspark.delta.warehouse import Warehouse
 from filterspark.errors import ReportError
-from filterspark.kernels.pca import N_WEIGHTS, PCABasis, project, scale_filters
+from filterspark.kernels.pca import PCABasis, project, scale_filters
+from filterspark.kernels.shapes import DEFAULT_KERNEL
 from filterspark.kernels.shifts import bin_edges
+from filterspark.outputs.plots import basis_vectors
 
 #: Tiles shown per layer in a filter grid (the first ``filter_index`` values).
 MAX_TILES_PER_LAYER = 128
@@ -48,27 +50,54 @@ def table_exists(spark, database: str, table: str) -> bool:
     return spark.catalog.tableExists(f"{database}.{table}")
 
 
+def _runs(spark, database: str):
+    """``analysis_runs`` with ``kernel`` never NULL (an older version's runs: 3x3)."""
+    from pyspark.sql import functions as F
+
+    runs = spark.table(f"{database}.analysis_runs")
+    kernel = F.col("kernel") if "kernel" in runs.columns else F.lit(None).cast("string")
+    return runs.withColumn("kernel", F.coalesce(kernel, F.lit(DEFAULT_KERNEL)))
+
+
 def analysis_run(spark, database: str, run_id: str | None = None, scope: str = "all") -> dict | None:
-    """The ``analysis_runs`` row to draw: ``run_id`` if given, else the latest run of
-    ``scope`` (for the default scope ``all``: else the latest run of any scope); None when
-    the warehouse has no run at all. A requested run or scope that does not exist is a
-    ValueError."""
+    """The ``analysis_runs`` row to draw: ``run_id`` if given, else the latest 3x3 run of
+    ``scope`` (for the default scope ``all``: else the latest 3x3 run of any scope); None
+    when the warehouse has no 3x3 run at all. A requested run or scope that does not exist
+    is a ValueError."""
     if not table_exists(spark, database, "analysis_runs"):
         if run_id or scope != "all":
             raise ReportError(f"no {database}.analysis_runs table: run the analysis first")
         return None
-    runs = spark.table(f"{database}.analysis_runs")
+    runs = _runs(spark, database)
     if run_id:
         rows = runs.where(runs.run_id == run_id).collect()
         if not rows:
             raise ReportError(f"no analysis run {run_id!r} in {database}.analysis_runs")
+        if rows[0]["kernel"] != DEFAULT_KERNEL:
+            raise ReportError(f"run {run_id} analysed {rows[0]['kernel']} kernels: the report draws their basis with "
+                              f"--kernel {rows[0]['kernel']} (its latest run)")
         return rows[0].asDict()
+    runs = runs.where(runs.kernel == DEFAULT_KERNEL)
     row = runs.where(runs.scope == scope).orderBy(runs.run_id.desc()).first()
     if row is None and scope == "all":
         row = runs.orderBy(runs.run_id.desc()).first()
     elif row is None:
         raise ReportError(f"no analysis run of scope {scope!r} in {database}.analysis_runs")
     return None if row is None else row.asDict()
+
+
+def kernel_runs(spark, database: str, scope: str = "all", kernels: Sequence[str] | None = None) -> list[dict]:
+    """The latest run of ``scope`` of each kernel other than 3x3 that has one (``kernels``:
+    only those), by kernel size."""
+    if not table_exists(spark, database, "analysis_runs"):
+        return []
+    runs = _runs(spark, database)
+    rows = runs.where((runs.scope == scope) & (runs.kernel != DEFAULT_KERNEL)).orderBy(runs.run_id.desc()).collect()
+    latest: dict[str, dict] = {}
+    for r in rows:
+        latest.setdefault(r["kernel"], r.asDict())
+    wanted = set(kernels) if kernels else set(latest)
+    return [latest[k] for k in sorted(latest, key=lambda k: int(k.split("x")[0])) if k in wanted]
 
 
 def run_frame(spark, database: str, table: str, run_id: str, columns: str = "*", where: str = "") -> pd.DataFrame:
@@ -82,7 +111,7 @@ def basis_from_frame(basis: pd.DataFrame) -> PCABasis:
     b = basis.sort_values("component")
     return PCABasis(
         mean=np.asarray(b["mean"].iloc[0], dtype=np.float64),
-        components=b[[f"v{i}" for i in range(N_WEIGHTS)]].to_numpy(np.float64),
+        components=basis_vectors(b),
         explained_variance=b["explained_variance"].to_numpy(np.float64),
         explained_variance_ratio=b["explained_variance_ratio"].to_numpy(np.float64),
         n_filters=int(b["n_filters"].iloc[0]),

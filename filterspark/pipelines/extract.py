@@ -34,7 +34,7 @@ from filterspark.delta import jvm
 from filterspark.delta.capabilities import default_parallelism, session_conf
 from filterspark.delta.files import discard_unreferenced, file_write_blockers, local_path
 from filterspark.delta.registry import register_tables
-from filterspark.delta.schemas import FILTERS_PARTITION_COLUMNS
+from filterspark.delta.schemas import KERNELS, PARTITION_COLUMNS
 from filterspark.delta.tables import ensure_tables, id_predicate, table_detail, with_conflict_retry
 from filterspark.delta.warehouse import TableRef, WarehouseOptions
 from filterspark.engine.phases import Phases
@@ -43,8 +43,11 @@ from filterspark.engine.runner import run_tasks
 from filterspark.errors import OptionsError
 from filterspark.kernels.balance import balanced_groups
 from filterspark.kernels.quality import QualityThresholds
-from filterspark.pipelines.model_rows import fingerprint
-from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
+from filterspark.kernels.shapes import parse_kernel_sizes, selected_sizes
+from filterspark.pipelines.model_rows import fingerprint, kernels_material
+from filterspark.pipelines.writes import (
+    commit_layers_and_models, existing_fingerprints, remove_model_rows, stream_filters, stream_rows,
+)
 from filterspark.sources.catalog import CatalogEntry
 
 log = logging.getLogger("filterspark.extract")
@@ -71,8 +74,12 @@ class ExtractOptions(WarehouseOptions):
     max_model_bytes: int | str | None = None
     #: how filter rows reach Delta: auto | files | spark (see the module docstring)
     write: str = "auto"
+    #: square kernel sizes (k != 3) written to ``kernels``: "all", "none", "5,7" or ints
+    #: (:func:`kernels.shapes.parse_kernel_sizes`); parsed to a sorted tuple
+    kernels: str | tuple[int, ...] | None = "all"
 
     def __post_init__(self) -> None:
+        self.kernels = parse_kernel_sizes(self.kernels)
         if self.write not in WRITE_MODES:
             raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {self.write!r}")
         if self.models_per_task is not None and self.models_per_task < 1:
@@ -95,6 +102,7 @@ class ExtractReport:
     ok: int = 0
     failed: int = 0
     filters_written: int = 0
+    kernels_written: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     devices: dict[str, str] = field(default_factory=dict)
@@ -108,7 +116,7 @@ class ExtractReport:
         out = [
             f"models: {self.models_total} in catalog, {self.extracted} extracted "
             f"({self.ok} ok, {self.failed} failed), {self.skipped} unchanged",
-            f"filters written: {self.filters_written:,}",
+            f"filters written: {self.filters_written:,}, kernels written: {self.kernels_written:,}",
             f"wall time: {self.seconds:.1f} s" + (f" ({phases})" if phases else ""),
         ]
         if self.gpu_plan:
@@ -212,7 +220,8 @@ def plan_tasks(jobs: list[tuple[str, int | None]], cores: int, models_per_task: 
 
 
 def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds, delay: float):
-    """One model of a task: the payload built by the driver → its ``ModelExtraction``."""
+    """One model of a task: the payload built by the driver → its ``ModelExtraction``. Its
+    fingerprint adds the kernel sizes it holds of the selection (known once it is loaded)."""
     from filterspark.pipelines.extract_task import extract_model
 
     job = json.loads(payload)
@@ -220,8 +229,12 @@ def _extract_job(payload: str, device, note: str, thresholds: QualityThresholds,
     if delay:
         time.sleep(delay)
     result = extract_model(entry, device=device, thresholds=thresholds, checksum=job["checksum"])
-    result.summary["fingerprint"] = job["fingerprint"]
+    counts = result.summary.get("kernel_shape_counts")
+    result.summary["fingerprint"] = fingerprint(*job["material"], *kernels_material(tuple(job["kernels"]), counts))
     result.summary["device_note"] = note
+    result.summary["kernels_written"] = sum(
+        counts[f"{k}x{k}"] for k in selected_sizes(tuple(job["kernels"]), counts)
+    ) if result.loaded is not None else 0
     return result
 
 
@@ -249,44 +262,64 @@ def _streaming_task(thresholds: QualityThresholds):
     return run
 
 
-def _file_task(thresholds: QualityThresholds, filters_root: str, file_tag: str):
-    """The task of the files path: payloads → ``(summary, layer rows, add actions)`` per model,
-    the filter rows written as Parquet files into the model's partition directory."""
+def _kernel_streaming_task(thresholds: QualityThresholds, sizes: tuple[int, ...]):
+    """The spark path's second pass: its task groups → each model's ``kernels`` batches."""
+
+    def run(groups):
+        for result in _task_extractions(groups, thresholds):
+            yield from result.kernel_batches(sizes)
+            result.loaded = None
+
+    return run
+
+
+#: The tables extraction writes per kernel, each model's rows in its ``model_id=`` partition.
+ROW_TABLES = ("filters", "kernels")
+
+
+def _file_task(thresholds: QualityThresholds, sizes: tuple[int, ...], roots: dict[str, str], file_tag: str):
+    """The task of the files path: payloads → ``(summary, layer rows, add actions by table)``
+    per model, its ``filters`` and ``kernels`` rows written as Parquet files into the
+    model's partition directory of each table."""
 
     def extract_partition(index: int, group: str):
         from filterspark.delta.parquet_files import write_partition
 
         for result in _task_extractions([group], thresholds):
             partition = {"model_id": result.summary["model_id"]}
-            actions = write_partition(filters_root, partition, result.filter_batches(), f"{index:05d}-{file_tag}")
+            batches = {"filters": result.filter_batches(), "kernels": result.kernel_batches(sizes)}
+            actions = {name: write_partition(roots[name], partition, batches[name], f"{index:05d}-{file_tag}")
+                       for name in ROW_TABLES}
             result.loaded = None
             yield result.summary, result.layers, actions
 
     return extract_partition
 
 
-def write_path(spark: SparkSession, filters: TableRef, requested: str) -> tuple[str, str, str | None]:
-    """``(mode, reason, local root)``: whether extraction writes ``filters`` files itself."""
+def write_path(spark: SparkSession, tables: dict[str, TableRef], requested: str) -> tuple[str, str, dict[str, str]]:
+    """``(mode, reason, local roots)``: whether extraction writes the ``filters`` and
+    ``kernels`` files itself (the roots of those tables when it does)."""
     if requested not in WRITE_MODES:
         raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {requested!r}")
     if requested == "spark":
-        return "spark", "write='spark'", None
+        return "spark", "write='spark'", {}
     reasons = []
+    details = {}
     missing = jvm.unavailable_reason(spark)
     if missing:
         reasons.append(f"direct Delta commits need the driver's JVM ({missing})")
-        detail = {}
     else:
-        detail = table_detail(spark, filters)
-        blockers = file_write_blockers(detail)
-        if blockers:
-            reasons.append(f"the filters table: {'; '.join(blockers)}")
+        for name in ROW_TABLES:
+            details[name] = table_detail(spark, tables[name])
+            blockers = file_write_blockers(details[name])
+            if blockers:
+                reasons.append(f"the {name} table: {'; '.join(blockers)}")
     if reasons:
         reason = "; ".join(reasons)
         if requested == "files":
             raise OptionsError(f"write='files' is not possible: {reason}")
-        return "spark", reason, None
-    return "files", "", local_path(str(detail["location"]))
+        return "spark", reason, {}
+    return "files", "", {name: local_path(str(d["location"])) for name, d in details.items()}
 
 
 def _run_files(root: str, ids: list[int], file_tag: str) -> list[str]:
@@ -296,31 +329,56 @@ def _run_files(root: str, ids: list[int], file_tag: str) -> list[str]:
     return tagged_files(root, [f"model_id={i}" for i in ids], file_tag)
 
 
-def _write_filters_as_files(
-    spark, groups: list[str], profile, options, root, table: TableRef, ids, phase: Phases
+def _write_rows_as_files(
+    spark, groups: list[str], profile, options, roots: dict[str, str], tables: dict[str, TableRef], ids,
+    phase: Phases,
 ) -> list[tuple[dict, list]]:
-    """The files path: tasks write Parquet, the driver commits every file in one Delta transaction."""
+    """The files path: tasks write Parquet, the driver commits each table's files in one
+    Delta transaction (``filters``, then ``kernels``)."""
     from filterspark.delta.parquet_files import committed_paths, remove_files
 
     file_tag = uuid.uuid4().hex[:16]
-    actions: list[str] = []
+    actions: dict[str, list[str]] = {name: [] for name in ROW_TABLES}
+    predicate = id_predicate("model_id", ids)
     try:
-        outputs = run_tasks(spark, groups, _file_task(options.thresholds, root, file_tag),
+        outputs = run_tasks(spark, groups, _file_task(options.thresholds, options.kernels, roots, file_tag),
                             "filterspark: extract models", profile)
         phase("extract", "commit filters")
-        actions = [a for _, _, adds in outputs for a in adds]
-        predicate = id_predicate("model_id", ids)
-        with_conflict_retry(
-            lambda: jvm.replace_files(spark, table, predicate, actions, list(FILTERS_PARTITION_COLUMNS)), "write filters"
-        )
+        for name in ROW_TABLES:
+            actions[name] = [a for _, _, adds in outputs for a in adds[name]]
+            if name == "kernels" and not actions[name] and table_detail(spark, tables[name]).get("numFiles") == 0:
+                continue  # nothing to add, nothing to remove: no empty commit
+            table, adds, partitions = tables[name], actions[name], list(PARTITION_COLUMNS[name])
+            with_conflict_retry(
+                lambda: jvm.replace_files(spark, table, predicate, adds, partitions), f"write {name}"
+            )
     except BaseException:
-        discard_unreferenced(spark, table, root, _run_files(root, ids, file_tag))
+        for name in ROW_TABLES:
+            discard_unreferenced(spark, tables[name], roots[name], _run_files(roots[name], ids, file_tag))
         raise
-    committed = committed_paths(actions)
-    stale = remove_files(root, [p for p in _run_files(root, ids, file_tag) if p not in committed])
-    if stale:
-        log.info("deleted %d files of retried task attempts", stale)
+    for name in ROW_TABLES:
+        committed = committed_paths(actions[name])
+        stale = remove_files(roots[name], [p for p in _run_files(roots[name], ids, file_tag) if p not in committed])
+        if stale:
+            log.info("deleted %d %s files of retried task attempts", stale, name)
     return [(summary, layers) for summary, layers, _ in outputs]
+
+
+def _stream_kernels(spark, payloads: dict[int, tuple[str, int | None]], extracted, options, parallelism: int,
+                    profile, table: TableRef, predicate: str) -> None:
+    """The spark path's ``kernels`` write: a second pass over the models whose first pass
+    found selected k x k layers, one ``replaceWhere`` commit (which also removes the
+    rows of the other re-extracted models)."""
+    wanted = {s["model_id"] for s, _ in extracted if s.get("kernels_written")}
+    mine = [payloads[i] for i in sorted(wanted) if i in payloads]
+    if not mine:
+        if table_detail(spark, table).get("numFiles") != 0:
+            remove_model_rows(spark, table, KERNELS, predicate, "write kernels")
+        return
+    groups = [json.dumps(g) for g in plan_tasks(mine, parallelism, options.models_per_task)]
+    writers = 1 + max(len(json.loads(g)) for g in groups)
+    stream_rows(spark, groups, _kernel_streaming_task(options.thresholds, options.kernels), table, KERNELS,
+                predicate, profile, concurrent_writers=writers)
 
 
 def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: ExtractOptions) -> ExtractReport:
@@ -336,12 +394,14 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
 
     checks = _checksums(spark, entries, parallelism)
     phase("checksums", "compare fingerprints")
-    known = existing_fingerprints(spark, tables["models"], [e.model_id for e in entries])
+    known = existing_fingerprints(spark, tables["models"], [e.model_id for e in entries], shapes=True)
     todo = []
     for entry in entries:
-        fp = fingerprint(checks[entry.name]["checksum"] or "<no file>", entry.fingerprint_material(), settings)
-        if options.force or known.get(entry.model_id) != fp:
-            todo.append((entry, fp))
+        material = [checks[entry.name]["checksum"] or "<no file>", entry.fingerprint_material(), settings]
+        stored, stored_shapes = known.get(entry.model_id, (None, None))
+        # an unchanged file keeps its kernel shapes: the sizes of the selection it holds
+        if options.force or stored != fingerprint(*material, *kernels_material(options.kernels, stored_shapes)):
+            todo.append((entry, material))
     report.skipped = len(entries) - len(todo)
     if not todo:
         report.seconds = time.perf_counter() - started
@@ -355,7 +415,7 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     limit, limit_source = max_model_bytes(conf, options.max_model_bytes)
     results: dict[int, tuple[dict, list[dict]]] = {}
     runnable = []
-    for entry, fp in todo:
+    for entry, material in todo:
         reason = too_large_reason(checks[entry.name]["file_size"], limit, limit_source)
         if reason:
             from filterspark.pipelines.extract_task import failed_summary  # torch: imported only when needed
@@ -363,24 +423,30 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
             file_fields = {k: checks[entry.name][k] for k in ("checksum", "file_size")}
             results[entry.model_id] = (failed_summary(entry, reason, **file_fields), [])
         else:
-            runnable.append((entry, fp))
+            runnable.append((entry, material))
 
     payloads = [
-        (json.dumps({"entry": e.to_dict(), "fingerprint": fp, "checksum": checks[e.name]}), checks[e.name]["file_size"])
-        for e, fp in runnable
+        (json.dumps({"entry": e.to_dict(), "material": material, "kernels": list(options.kernels),
+                     "checksum": checks[e.name]}), checks[e.name]["file_size"])
+        for e, material in runnable
     ]
     groups = [json.dumps(g) for g in plan_tasks(payloads, parallelism, options.models_per_task)]
     ids = [e.model_id for e, _ in todo]
     predicate = id_predicate("model_id", ids)
-    report.write, report.write_reason, root = write_path(spark, tables["filters"], options.write)
+    report.write, report.write_reason, roots = write_path(spark, tables, options.write)
     phase("plan", f"extract {len(todo)} models")
     if report.write == "files":
-        extracted = _write_filters_as_files(spark, groups, profile, options, root, tables["filters"], ids, phase)
+        extracted = _write_rows_as_files(spark, groups, profile, options, roots, tables, ids, phase)
+        phase("commit filters", "write layers")
     else:
-        writers = 1 + max(len(json.loads(g)) for g in groups)  # the most models (partitions) of a task
+        writers = 1 + max(len(json.loads(g)) for g in groups) if groups else 2  # the most models (partitions) of a task
         extracted = stream_filters(spark, groups, _streaming_task(options.thresholds), tables["filters"], predicate,
                                    profile, concurrent_writers=writers)
-    phase("commit filters" if report.write == "files" else "extract", "write layers")
+        phase("extract", "write kernels")
+        by_model = {e.model_id: payload for (e, _), payload in zip(runnable, payloads)}
+        _stream_kernels(spark, by_model, extracted, options, parallelism, profile, tables["kernels"],
+                        predicate)
+        phase("kernels", "write layers")
 
     # A retried write (conflict or lost executor) re-runs tasks: keep one result per model.
     for summary, layers in extracted:
@@ -405,6 +471,7 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
         if s["status"] == "ok":
             report.ok += 1
             report.filters_written += s.get("filters_3x3") or 0
+            report.kernels_written += s.get("kernels_written") or 0
         else:
             report.failed += 1
             report.failures.append((s["name"], s.get("error") or ""))

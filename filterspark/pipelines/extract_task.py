@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from filterspark.delta.schemas import FILTER_METADATA, FILTERS, arrow_schema
+from filterspark.delta.schemas import FILTER_METADATA, FILTERS, KERNELS, arrow_schema
 from filterspark.kernels.quality import QualityThresholds, layer_quality
 from filterspark.pipelines.model_rows import layer_row, quality_rollup
 from filterspark.sources.catalog import CatalogEntry
@@ -30,6 +30,7 @@ from filterspark.sources.loaders.base import ConvLayer, LoadError, LoadedModel
 MAX_BATCH_ROWS = 262_144
 _READ_CHUNK = 1 << 22
 FILTERS_ARROW_SCHEMA = arrow_schema(FILTERS)
+KERNELS_ARROW_SCHEMA = arrow_schema(KERNELS)
 
 
 def file_checksum(path: str) -> tuple[str, int]:
@@ -93,6 +94,23 @@ def _channels(layer: ConvLayer) -> tuple[int | None, int | None]:
     return a, b * groups
 
 
+def _row_columns(
+    model_id: int, layer_index: int, first_index: int, n: int, weights: list[pa.Array],
+    meta: list[str | None], depth: int | None, depth_norm: float | None,
+) -> list[pa.Array]:
+    """The columns of ``n`` per-kernel rows of one layer (``filters`` or ``kernels``): the
+    keys, the weight columns given, the denormalised metadata and depth."""
+    return [
+        pa.array(np.full(n, model_id, dtype=np.int64)),
+        pa.array(np.full(n, layer_index, dtype=np.int32)),
+        pa.array(np.arange(first_index, first_index + n, dtype=np.int32)),
+        *weights,
+        *[pa.nulls(n, pa.string()) if v is None else pa.repeat(pa.scalar(v, pa.string()), n) for v in meta],
+        pa.nulls(n, pa.int32()) if depth is None else pa.array(np.full(n, depth, dtype=np.int32)),
+        pa.nulls(n, pa.float64()) if depth_norm is None else pa.array(np.full(n, depth_norm, dtype=np.float64)),
+    ]
+
+
 def filter_batch(
     model_id: int,
     layer_index: int,
@@ -106,16 +124,34 @@ def filter_batch(
     layer whose first row has ``filter_index = first_index``; ``meta`` holds the
     ``FILTER_METADATA`` values. Shared by extraction and the CNN Filter DB import."""
     n = weights.shape[0]
-    columns = [
-        pa.array(np.full(n, model_id, dtype=np.int64)),
-        pa.array(np.full(n, layer_index, dtype=np.int32)),
-        pa.array(np.arange(first_index, first_index + n, dtype=np.int32)),
-        *[pa.array(np.ascontiguousarray(weights[:, j], dtype=np.float32)) for j in range(9)],
-        *[pa.nulls(n, pa.string()) if v is None else pa.repeat(pa.scalar(v, pa.string()), n) for v in meta],
-        pa.nulls(n, pa.int32()) if depth is None else pa.array(np.full(n, depth, dtype=np.int32)),
-        pa.nulls(n, pa.float64()) if depth_norm is None else pa.array(np.full(n, depth_norm, dtype=np.float64)),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=FILTERS_ARROW_SCHEMA)
+    columns = [pa.array(np.ascontiguousarray(weights[:, j], dtype=np.float32)) for j in range(9)]
+    return pa.RecordBatch.from_arrays(
+        _row_columns(model_id, layer_index, first_index, n, columns, meta, depth, depth_norm),
+        schema=FILTERS_ARROW_SCHEMA,
+    )
+
+
+def kernel_batch(
+    model_id: int,
+    layer_index: int,
+    first_index: int,
+    weights: np.ndarray,
+    meta: list[str | None],
+    depth: int | None,
+    depth_norm: float | None,
+) -> pa.RecordBatch:
+    """One Arrow batch of ``kernels`` rows: ``weights`` is a float32 ``(n, k*k)`` slice of one
+    k x k layer (rows row-major), the first row ``filter_index = first_index``."""
+    n, width = weights.shape
+    k = int(round(width ** 0.5))
+    values = pa.array(np.ascontiguousarray(weights, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    lists = pa.ListArray.from_arrays(offsets, values, type=KERNELS_ARROW_SCHEMA.field("weights").type)
+    columns = [pa.array(np.full(n, k, dtype=np.int32)), lists]
+    return pa.RecordBatch.from_arrays(
+        _row_columns(model_id, layer_index, first_index, n, columns, meta, depth, depth_norm),
+        schema=KERNELS_ARROW_SCHEMA,
+    )
 
 
 @dataclass
@@ -129,17 +165,26 @@ class ModelExtraction:
 
     def filter_batches(self, max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Arrow batches of ``filters`` rows, one layer (or slice of one) at a time."""
+        return self._batches(lambda k: k == 3, filter_batch, max_rows)
+
+    def kernel_batches(self, sizes: tuple[int, ...], max_rows: int = MAX_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Arrow batches of ``kernels`` rows of the model's k x k layers, k in ``sizes``."""
+        return self._batches(lambda k: k in sizes, kernel_batch, max_rows)
+
+    def _batches(self, keep, make_batch, max_rows: int) -> Iterator[pa.RecordBatch]:
+        """``make_batch`` over every square layer whose k ``keep`` accepts, in row slices."""
         if self.loaded is None:
             return
         model_id = self.summary["model_id"]
         meta = [self.summary.get(c) for c in FILTER_METADATA]
         for index, layer in enumerate(self.loaded.layers):
-            if layer.weight is None or layer.kernel_shape != (3, 3):
+            kh, kw = layer.kernel_shape or (0, 0)
+            if layer.weight is None or kh != kw or not keep(kh):
                 continue
-            weights = layer.weight.detach().reshape(-1, 9).to("cpu", torch.float32).numpy()
+            weights = layer.weight.detach().reshape(-1, kh * kw).to("cpu", torch.float32).numpy()
             depth, depth_norm = self.depths[index]
             for start in range(0, weights.shape[0], max_rows):
-                yield filter_batch(model_id, index, start, weights[start : start + max_rows], meta, depth, depth_norm)
+                yield make_batch(model_id, index, start, weights[start : start + max_rows], meta, depth, depth_norm)
             del weights
 
 

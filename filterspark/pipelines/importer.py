@@ -23,13 +23,14 @@ from pyspark.sql import SparkSession
 
 from filterspark.delta.capabilities import set_job_description
 from filterspark.delta.registry import register_tables
-from filterspark.delta.schemas import FILTER_METADATA
-from filterspark.delta.tables import ensure_tables, id_predicate
+from filterspark.delta.schemas import FILTER_METADATA, KERNELS
+from filterspark.delta.tables import ensure_tables, id_predicate, table_detail
 from filterspark.delta.warehouse import WarehouseOptions
 from filterspark.errors import OptionsError
 from filterspark.kernels.quality import LayerQuality, QualityThresholds
+from filterspark.kernels.shapes import parse_kernel_sizes
 from filterspark.pipelines.model_rows import fingerprint, layer_row, quality_rollup
-from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, stream_filters
+from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, remove_model_rows, stream_filters
 from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
 
 log = logging.getLogger("filterspark.import")
@@ -48,8 +49,12 @@ class ImportOptions(WarehouseOptions):
     normalise_tasks: bool = False
     rows_per_task: int = DEFAULT_ROWS_PER_TASK
     force: bool = False
+    #: kernel sizes for ``kernels``, parsed as extraction's; dataset.h5 holds 3x3 filters
+    #: only, so no selection finds any: an imported model has no ``kernels`` rows
+    kernels: str | tuple[int, ...] | None = "all"
 
     def __post_init__(self) -> None:
+        self.kernels = parse_kernel_sizes(self.kernels)
         if self.rows_per_task < 1:
             raise OptionsError(f"rows_per_task must be at least 1, not {self.rows_per_task}")
         super().__post_init__()
@@ -232,6 +237,9 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
     if wrong:
         raise RuntimeError(f"{len(wrong)} layers read a different number of rows than planned, e.g. {wrong[0].filter_ids}")
 
+    if table_detail(spark, tables["kernels"]).get("numFiles") != 0:
+        # a re-imported (or formerly extracted) model id keeps no k x k rows of before
+        remove_model_rows(spark, tables["kernels"], KERNELS, predicate, "write kernels")
     set_job_description(spark, "filterspark: write layers and models")
     layer_rows, model_rows = [], []
     for m in todo:

@@ -7,12 +7,21 @@ import hashlib
 
 from filterspark.delta.schemas import MODEL_QUALITY_FIELDS
 from filterspark.kernels.quality import LayerQuality, QualityThresholds, model_quality
+from filterspark.kernels.shapes import selected_sizes
 
 
 def fingerprint(*material: str) -> str:
     """Identity of everything that determines a model's rows (the skip test on re-runs):
     the sha256 of the given parts, one per line."""
     return hashlib.sha256("\n".join(material).encode()).hexdigest()
+
+
+def kernels_material(selection: tuple[int, ...], shape_counts: dict[str, int] | None) -> list[str]:
+    """The fingerprint part of the ``kernels`` selection: the selected sizes the model has
+    (nothing when none, so a model without k x k layers keeps its fingerprint whatever
+    the selection, and a changed selection re-extracts only the models it concerns)."""
+    sizes = selected_sizes(selection, shape_counts)
+    return [f"kernels {','.join(map(str, sizes))}"] if sizes else []
 
 
 def layer_row(

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from filterspark.delta import jvm
 from filterspark.delta.schemas import FILTERS, LAYERS, MODELS, arrow_schema
@@ -29,29 +30,31 @@ RESULT_COLUMN = "_result"
 TaskOutput = Iterator[Any]
 
 
-def existing_fingerprints(spark: SparkSession, models: TableRef, ids: list[int]) -> dict[int, str]:
-    """The stored fingerprint of each of the models ``ids`` that ``models`` has."""
+def existing_fingerprints(spark: SparkSession, models: TableRef, ids: list[int], shapes: bool = False) -> dict:
+    """The stored fingerprint of each of the models ``ids`` that ``models`` has;
+    ``shapes``: ``(fingerprint, kernel_shape_counts)`` pairs instead."""
     if table_detail(spark, models).get("numFiles") == 0:
         return {}  # a new warehouse: no query (a Spark job) needed
     df = models.read(spark).where(id_predicate("model_id", ids))
-    return {r.model_id: r.fingerprint for r in df.select("model_id", "fingerprint").collect()}
+    rows = df.select("model_id", "fingerprint", "kernel_shape_counts").collect()
+    return {r.model_id: (r.fingerprint, r.kernel_shape_counts) if shapes else r.fingerprint for r in rows}
 
 
-def _streamed_schema():
-    from pyspark.sql.types import BinaryType, StructField, StructType
+def _streamed_schema(schema: StructType) -> StructType:
+    from pyspark.sql.types import BinaryType, StructField
 
-    fields = [StructField(f.name, f.dataType, True) for f in FILTERS.fields]
+    fields = [StructField(f.name, f.dataType, True) for f in schema.fields]
     return StructType([*fields, StructField(RESULT_COLUMN, BinaryType(), True)])
 
 
-def _streaming_function(payloads: list[str], task: Callable[[Iterable[str]], TaskOutput]):
+def _streaming_function(payloads: list[str], task: Callable[[Iterable[str]], TaskOutput], row_schema: StructType):
     """The ``mapInArrow`` function: ``range`` ids → ``task`` over those payloads, its Arrow
     batches widened by a null result column, its results as one-row batches."""
 
     def run(batches):
         import pyarrow as pa
 
-        schema = arrow_schema(_streamed_schema())
+        schema = arrow_schema(_streamed_schema(row_schema))
         mine = (payloads[i] for batch in batches for i in batch.column(0).to_pylist())
         for item in task(mine):
             if isinstance(item, pa.RecordBatch):
@@ -85,35 +88,47 @@ def _unsorted_partition_writes(spark: SparkSession, writers: int):
             spark.conf.set(_CONCURRENT_WRITERS, previous)
 
 
-def stream_filters(
+def stream_rows(
     spark: SparkSession,
     payloads: list[str],
     task: Callable[[Iterable[str]], TaskOutput],
-    filters: TableRef,
+    table: TableRef,
+    schema: StructType,
     predicate: str,
     profile=None,
     concurrent_writers: int = 2,
 ) -> list[Any]:
-    """Run ``task`` on one Spark task per payload and write the filter rows it yields into
-    ``filters`` as one Delta ``replaceWhere predicate`` commit; return the other objects it
-    yielded. They ride along as extra rows that an ``Observation`` collects while the
-    write runs, so one pass does both, with the DataFrame API only (classic or Connect).
-    ``concurrent_writers``: the most ``model_id`` partitions one task writes, so that
-    Spark writes them unsorted (a sort of every task's rows costs more than the write)."""
+    """Run ``task`` on one Spark task per payload and write the rows it yields (Arrow
+    batches in ``schema``) into ``table`` as one Delta ``replaceWhere predicate`` commit;
+    return the other objects it yielded. They ride along as extra rows that an
+    ``Observation`` collects while the write runs, so one pass does both, with the
+    DataFrame API only (classic or Connect). ``concurrent_writers``: the most
+    ``model_id`` partitions one task writes, so that Spark writes them unsorted (a sort
+    of every task's rows costs more than the write)."""
     from pyspark.sql import Observation
 
     if not payloads:
         return []
     jobs = spark.range(0, len(payloads), 1, len(payloads))
-    function = _streaming_function(payloads, task)
-    schema = _streamed_schema()
-    out = jobs.mapInArrow(function, schema, profile=profile)
+    function = _streaming_function(payloads, task, schema)
+    out = jobs.mapInArrow(function, _streamed_schema(schema), profile=profile)
     observation = Observation(f"filterspark_{uuid.uuid4().hex[:8]}")
     out = out.observe(observation, F.collect_list(RESULT_COLUMN).alias("results"))
-    rows = out.where(F.col(RESULT_COLUMN).isNull()).select(*[F.col(f.name) for f in FILTERS.fields])
+    rows = out.where(F.col(RESULT_COLUMN).isNull()).select(*[F.col(f.name) for f in schema.fields])
     with _unsorted_partition_writes(spark, concurrent_writers):
-        replace_rows(rows, filters, predicate, "write filters")
+        replace_rows(rows, table, predicate, f"write {table.name}")
     return [pickle.loads(blob) for blob in observation.get["results"]]
+
+
+def stream_filters(spark: SparkSession, payloads: list[str], task: Callable[[Iterable[str]], TaskOutput],
+                   filters: TableRef, predicate: str, profile=None, concurrent_writers: int = 2) -> list[Any]:
+    """:func:`stream_rows` into ``filters``."""
+    return stream_rows(spark, payloads, task, filters, FILTERS, predicate, profile, concurrent_writers)
+
+
+def remove_model_rows(spark: SparkSession, table: TableRef, schema: StructType, predicate: str, what: str) -> None:
+    """Delete the rows matching ``predicate`` (one ``replaceWhere`` commit with no rows)."""
+    replace_rows(rows_frame(spark, [], schema), table, predicate, what)
 
 
 def _replace_model_rows(

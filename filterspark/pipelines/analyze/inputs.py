@@ -63,20 +63,35 @@ def resolve_dimensions(models: DataFrame, by: tuple[str, ...] | None) -> dict[st
     return out
 
 
+def kernel_table(options: AnalyzeOptions) -> str:
+    """The table holding the run's kernels: ``filters`` (3x3) or ``kernels`` (any other k)."""
+    return "filters" if options.k == 3 else "kernels"
+
+
 def analysis_input(spark: SparkSession, options: AnalyzeOptions) -> tuple[DataFrame, DataFrame]:
-    """(filters of ``ok`` models joined with their model row and ``depth_decile``, after
-    ``--where``; the ``ok`` models). Filters with a non-finite weight are left out."""
-    tables = {t: options.tables.table(t) for t in ("filters", "models")}
+    """(kernels of ``ok`` models joined with their model row and ``depth_decile``, after
+    ``--where``; the ``ok`` models). 3x3: the ``filters`` rows; k x k: the ``kernels``
+    rows of that ``k``. Kernels with a non-finite weight are left out."""
+    source = kernel_table(options)
+    tables = {t: options.tables.table(t) for t in (source, "models")}
     for name, table in tables.items():
         if not table_exists(spark, table):
-            raise AnalyzeError(f"no {name} table ({table.location or table.sql}): run the extraction first")
+            hint = "run the extraction first" if name != "kernels" else "extract with a version that writes k x k kernels"
+            raise AnalyzeError(f"no {name} table ({table.location or table.sql}): {hint}")
     models = tables["models"].read(spark).where(F.col("status") == "ok")
-    filters = tables["filters"].read(spark).select(
-        "model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, "conv_depth", "conv_depth_norm"
-    )
+    if source == "filters":
+        filters = tables["filters"].read(spark).select(
+            "model_id", "layer_index", "filter_index", *WEIGHT_COLUMNS, "conv_depth", "conv_depth_norm"
+        )
+        peak = F.greatest(*[F.abs(F.col(c).cast("double")) for c in WEIGHT_COLUMNS])
+        finite = ~F.isnan(peak) & (peak < F.lit(float("inf")))
+    else:
+        filters = tables["kernels"].read(spark).where(F.col("k") == options.k).select(
+            "model_id", "layer_index", "filter_index", "weights", "conv_depth", "conv_depth_norm"
+        )
+        finite = ~F.exists("weights", lambda w: F.isnan(w) | (F.abs(w) == F.lit(float("inf"))))
     joined = filters.join(F.broadcast(models), "model_id").withColumn(DEPTH_DIMENSION, depth_decile())
-    peak = F.greatest(*[F.abs(F.col(c).cast("double")) for c in WEIGHT_COLUMNS])
-    joined = joined.where(~F.isnan(peak) & (peak < F.lit(float("inf"))))
+    joined = joined.where(finite)
     if options.where and options.where.strip():
         try:
             joined = joined.where(F.expr(options.where))
@@ -109,6 +124,7 @@ def plan_scan(spark: SparkSession, options: AnalyzeOptions, joined: DataFrame, m
         else:
             in_scope = models.where(F.expr(options.where)) if options.scope != ALL else models
             ids = {int(r[0]) for r in in_scope.select("model_id").collect()}
-    return filter_scan(spark, options.tables.table("filters"), ids, lambda: joined, options.scan, model_level)
+    return filter_scan(spark, options.tables.table(kernel_table(options)), ids, lambda: joined, options.scan, model_level,
+                       options.k)
 
 

@@ -1,11 +1,12 @@
-"""One analysis run: ``filters`` → PCA basis, grouped histograms, shifts, as Delta tables.
+"""One analysis run: ``filters`` (3x3; ``--kernel KxK``: the ``kernels`` rows of that k)
+→ PCA basis, grouped histograms, shifts, as Delta tables.
 
 Only aggregates reach the driver. Three scans (:mod:`filterspark.engine.scans`: Spark tasks
 read the Delta snapshot's Parquet files with pyarrow, or a DataFrame through
 ``mapInArrow`` when the scope needs filter-level columns), each a numpy function per task
 (:mod:`.tasks`), their partial results merged on the driver:
 
-1. the scaled filters' moments (9 sums + 45 products, float64, about a per-task
+1. the scaled filters' moments (d = k² sums + d(d+1)/2 products, float64, about a per-task
    provisional mean, merged exactly) → :func:`kernels.pca.pca_from_moments`;
 2. the min/max coefficient → the shared histogram range;
 3. a :class:`kernels.coefficients.PartitionAccumulator` for all dimensions at once (plus
@@ -33,7 +34,7 @@ from pyspark.sql import functions as F
 import numpy as np
 
 from filterspark.delta import schemas as S
-from filterspark.delta.registry import register_tables, registered_warehouse
+from filterspark.delta.registry import register_tables, registered_warehouse, views_predate_kernel
 from filterspark.delta.schemas import ANALYSIS_TABLES, WEIGHT_COLUMNS
 from filterspark.delta.tables import append_arrow, append_rows, ensure_table
 from filterspark.delta.warehouse import id_predicate
@@ -46,7 +47,7 @@ from filterspark.kernels.layer_histograms import LayerAccumulator
 from filterspark.kernels.neighbours import block_rows
 from filterspark.kernels.pca import pca_from_moments, provisional_reference
 from filterspark.kernels.shifts import N_BINS, combine_ranges, normalised_histogram
-from filterspark.pipelines.analyze.inputs import analysis_input, is_model_level, plan_scan, resolve_dimensions
+from filterspark.pipelines.analyze.inputs import analysis_input, is_model_level, kernel_table, plan_scan, resolve_dimensions
 from filterspark.pipelines.analyze.options import ALL, AnalyzeOptions, AnalyzeReport, DEPTH_DIMENSION, MODEL_DIMENSION
 from filterspark.pipelines.analyze.regroup import find_run, grouped_counts, layer_labels, run_basis, run_histograms
 from filterspark.pipelines.analyze.rows import (
@@ -63,6 +64,8 @@ def _registered(spark: SparkSession, options: AnalyzeOptions, tables: list[str])
     """Whether the names already point at this warehouse and every table written has its
     ``_latest`` view (registration re-reads every table's log: seconds, so skipped)."""
     wh = options.tables
+    if views_predate_kernel(spark, wh):
+        return False
     if wh.managed:
         return all(spark.catalog.tableExists(f"{wh.catalog}.{wh.database}.{t}_latest") for t in tables)
     return registered_warehouse(spark, wh.database) == wh.uri and all(
@@ -70,10 +73,12 @@ def _registered(spark: SparkSession, options: AnalyzeOptions, tables: list[str])
     )
 
 
-def new_run(scope: str) -> dict:
-    """Run identity: ``run_id`` sorts by start time (UTC, microseconds) then a random suffix."""
+def new_run(scope: str, kernel: str) -> dict:
+    """Run identity: ``run_id`` sorts by start time (UTC, microseconds) then a random suffix;
+    the run's scope and kernel shape."""
     now = _dt.datetime.now(_dt.timezone.utc)
-    return {"run_id": now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3), "scope": scope, "run_at": now}
+    return {"run_id": now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3), "scope": scope, "run_at": now,
+            "kernel": kernel}
 
 
 def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
@@ -83,8 +88,9 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     if options.incremental:
         return run_incremental(spark, options)
     started = time.perf_counter()
-    run = new_run(options.scope)
-    report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters)
+    run = new_run(options.scope, options.kernel)
+    report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters,
+                           kernel=options.kernel, components=options.n_components)
     phase = Phases(spark, report.phases, "filterspark analyze")
 
     joined, models = analysis_input(spark, options)
@@ -100,9 +106,10 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
     phase("plan", "moments")
 
     m = scan_moments(scan)
-    basis = pca_from_moments(m)
+    full = pca_from_moments(m)
+    basis = full.leading(options.n_components)  # the components the coefficients are on
     ref = provisional_reference(basis.mean[None, :])
-    report.basis, report.n_filters = basis, m.n
+    report.basis, report.n_filters = full, m.n
     phase("pca", "coefficient range")
 
     lo, hi = combine_ranges(scan.map(range_task(basis), "coefficient range"))
@@ -123,7 +130,7 @@ def run_analysis(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeReport:
         frames["coefficients"] = with_run(coeffs, run, S.COEFFICIENTS)
     report.models_rescanned = len(model_labels)
     phase("histograms", "shifts")
-    return _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, basis,
+    return _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, full, basis,
                    lo, hi, options.bins, frames, {"n_filters": m.n})
 
 
@@ -135,18 +142,22 @@ def run_incremental(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeRepo
     started = time.perf_counter()
     wh = options.tables
     try:
-        base = find_run(spark, wh, scope=options.scope)
+        base = find_run(spark, wh, scope=options.scope, kernel=options.kernel)
     except AnalyzeError as err:
-        raise AnalyzeError(f"--incremental needs a complete earlier run of scope {options.scope!r}: {err}") from err
+        raise AnalyzeError(f"--incremental needs a complete earlier {options.kernel} run of scope {options.scope!r}: {err}") from err
     if options.bins not in (N_BINS, base.bins):
         raise OptionsError(f"--incremental keeps the base run's {base.bins} bins; --bins {options.bins} needs a full run")
-    run = new_run(options.scope)
+    if options.components not in (None, base.components):
+        raise OptionsError(f"--incremental keeps the base run's {base.components} components; "
+                           f"--components {options.components} needs a full run")
+    run = new_run(options.scope, options.kernel)
     report = AnalyzeReport(run_id=run["run_id"], scope=run["scope"], min_group_filters=options.min_filters,
-                           base_run_id=base.run_id)
+                           base_run_id=base.run_id, kernel=options.kernel, components=base.components)
     phase = Phases(spark, report.phases, "filterspark analyze --incremental")
-    basis = run_basis(spark, wh, base)
+    full = run_basis(spark, wh, base)
+    basis = full.leading(base.components)
     bins, lo, hi = base.bins, base.lo, base.hi
-    report.basis, report.range = basis, (lo, hi)
+    report.basis, report.range = full, (lo, hi)
 
     joined, models = analysis_input(spark, options)
     if not is_model_level(models, options.where):
@@ -159,13 +170,17 @@ def run_incremental(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeRepo
     base_rows = run_histograms(spark, wh, base.run_id)
     before = {int(r[0]): r[1] for r in base_rows.select("model_id", "extracted_at").distinct().collect()}
     kept = {i for i, when in current.items() if i in before and before[i] == when}
-    rescan = set(current) - kept
+    # a model extracted before the base run without rows in it had no kernels of this shape
+    # then, and its kernels change only with a new extraction: nothing to read again
+    none_then = {i for i, when in current.items()
+                 if i not in before and when is not None and base.run_at is not None and when <= base.run_at}
+    rescan = set(current) - kept - none_then
     report.models_rescanned = len(rescan)
     phase("plan", "histograms of new models")
 
     if rescan:
         new_rows = joined.where(F.expr(id_predicate("model_id", rescan)))
-        scan = filter_scan(spark, wh.table("filters"), rescan, lambda: new_rows, options.scan, True)
+        scan = filter_scan(spark, wh.table(kernel_table(options)), rescan, lambda: new_rows, options.scan, True, options.k)
         report.scan = scan.mode if scan.mode == "files" else f"spark ({scan.reason})"
         ref = provisional_reference(basis.mean[None, :])
         acc = scan.reduce(partials_task(basis, lo, hi, bins, ref, None), co.PartitionAccumulator.merge,
@@ -175,7 +190,7 @@ def run_incremental(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeRepo
         report.scan = "none (no new models)"
         layers = LayerAccumulator(bins).columns()
     table = layer_histogram_table(layers, run, current, lo, hi, bins, basis.explained_variance_ratio, options.min_filters)
-    carried = with_run(base_rows.where(F.expr(id_predicate("model_id", kept))).drop("run_id", "scope", "run_at")
+    carried = with_run(base_rows.where(F.expr(id_predicate("model_id", kept))).drop("run_id", "scope", "run_at", "kernel")
                        .withColumn("min_group_filters", F.lit(options.min_filters).cast("long")), run, S.LAYER_HISTOGRAMS)
     layer_frame = spark.createDataFrame(table, schema=S.LAYER_HISTOGRAMS).unionByName(carried)
     _write(spark, options, report, "layer_histograms", layer_frame)
@@ -183,17 +198,17 @@ def run_incremental(spark: SparkSession, options: AnalyzeOptions) -> AnalyzeRepo
 
     everything = {**dims, ALL: f"'{ALL}'", MODEL_DIMENSION: "CAST(model_id AS STRING)"}
     groups = grouped_counts(run_histograms(spark, wh, run["run_id"]), layer_labels(spark, wh, everything),
-                            names + [ALL, MODEL_DIMENSION], bins, stats=True)
+                            names + [ALL, MODEL_DIMENSION], bins, stats=True, components=base.components)
     whole = groups.get((len(names), ALL))
     report.n_filters = whole.n if whole is not None else 0
     if whole is not None and whole.n:
-        report.outside_share = float(1.0 - whole.hist.sum() / (whole.n * co.N_WEIGHTS))
+        report.outside_share = float(1.0 - whole.hist.sum() / (whole.n * base.components))
     if report.outside_share > options.outside_threshold:
         report.warnings.append(
             f"{report.outside_share:.3%} of the coefficients fall outside the frozen range (threshold "
             f"{options.outside_threshold:.3%}): a full run (without --incremental) is due")
     phase("grouped counts", "shifts")
-    return _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, basis,
+    return _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, full, basis,
                    lo, hi, bins, {}, {"n_filters": report.n_filters}, written=["layer_histograms"])
 
 
@@ -222,10 +237,11 @@ def _write(spark: SparkSession, options: AnalyzeOptions, report: AnalyzeReport, 
     report.tables.append(name)
 
 
-def _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, basis, lo, hi,
-            bins, frames, summary, written=()) -> AnalyzeReport:
+def _finish(spark, options, report, run, phase, started, groups, names, model_level, model_labels, full, basis, lo,
+            hi, bins, frames, summary, written=()) -> AnalyzeReport:
     """The run's grouped tables from its summed groups, every table written, then its
-    ``analysis_runs`` row (the commit record), then the names registered."""
+    ``analysis_runs`` row (the commit record), then the names registered. ``full``: the
+    whole basis (``pca_basis``); ``basis``: its components the coefficients are on."""
     n = len(names)
     all_names = names + [ALL]
     public = {k: g for k, g in groups.items() if k[0] <= n}
@@ -243,7 +259,7 @@ def _finish(spark, options, report, run, phase, started, groups, names, model_le
 
     frames = {
         **frames,
-        "pca_basis": arrow_rows(basis_rows(run, basis), S.PCA_BASIS),
+        "pca_basis": arrow_rows(basis_rows(run, full), S.PCA_BASIS),
         "coefficient_histograms": histogram_table(run, public, all_names, lo, hi, bins, small),
         "coefficient_stats": arrow_rows(stats_rows(run, public, all_names, basis, lo, hi, small), S.COEFFICIENT_STATS),
         "shifts": arrow_rows(shifts, S.SHIFTS),
@@ -261,10 +277,11 @@ def _finish(spark, options, report, run, phase, started, groups, names, model_le
     record = {
         **run_fields(run), "finished_at": _dt.datetime.now(_dt.timezone.utc), "seconds": report.seconds,
         "dimensions": names, "bins": bins, "min_group_filters": small, "n_models": report.n_models,
-        "range_lo": lo, "range_hi": hi, "explained_variance_ratio": [float(v) for v in evr],
+        "range_lo": lo, "range_hi": hi, "explained_variance_ratio": [float(v) for v in full.explained_variance_ratio],
         "write_coefficients": options.write_coefficients and not options.incremental,
         "base_run_id": report.base_run_id, "models_rescanned": report.models_rescanned,
-        "outside_share": report.outside_share, "neighbours_k": options.neighbours, **summary,
+        "outside_share": report.outside_share, "neighbours_k": options.neighbours,
+        "components": len(evr), "kernel": run["kernel"], **summary,
     }
     _write(spark, options, report, "analysis_runs", arrow_rows([record], S.ANALYSIS_RUNS))
     if not _registered(spark, options, report.tables):

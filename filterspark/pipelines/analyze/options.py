@@ -8,6 +8,7 @@ from filterspark.engine.scans import SCAN_MODES
 from filterspark.errors import OptionsError
 from filterspark.kernels import coefficients as co
 from filterspark.kernels.pca import PCABasis
+from filterspark.kernels.shapes import DEFAULT_KERNEL, kernel_name, parse_kernel
 from filterspark.kernels.shifts import N_BINS
 
 
@@ -36,8 +37,15 @@ class AnalyzeOptions(WarehouseOptions):
     incremental: bool = False  # reuse the latest complete run's basis and range; scan only new models
     outside_threshold: float = DEFAULT_OUTSIDE_THRESHOLD  # share outside the frozen range that calls for a full run
     neighbours: int = DEFAULT_NEIGHBOURS  # k of model_neighbours
+    kernel: str = DEFAULT_KERNEL  # KxK: 3x3 reads filters, any other square shape kernels
+    components: int | None = None  # components with coefficients (histograms, shifts); None: all k²
 
     def __post_init__(self) -> None:
+        self.kernel = kernel_name(parse_kernel(self.kernel))
+        if self.components is not None and not 1 <= self.components <= self.k * self.k:
+            raise OptionsError(f"components must be between 1 and {self.k * self.k} for {self.kernel}, not {self.components}")
+        if self.write_coefficients and self.kernel != DEFAULT_KERNEL:
+            raise OptionsError("--write-coefficients writes c0..c8: 3x3 runs only")
         if self.neighbours < 0:
             raise OptionsError(f"neighbours must be >= 0, not {self.neighbours}")
         if self.incremental and self.write_coefficients:
@@ -51,6 +59,15 @@ class AnalyzeOptions(WarehouseOptions):
         if isinstance(self.by, str):
             self.by = tuple(d.strip() for d in self.by.split(",") if d.strip())
         super().__post_init__()
+
+    @property
+    def k(self) -> int:
+        return parse_kernel(self.kernel)
+
+    @property
+    def n_components(self) -> int:
+        """Components with coefficients: ``components``, default all k²."""
+        return self.components if self.components is not None else self.k * self.k
 
     @property
     def scope(self) -> str:
@@ -69,6 +86,8 @@ class AnalyzeReport:
 
     run_id: str = ""
     scope: str = ALL
+    kernel: str = DEFAULT_KERNEL
+    components: int = 9
     n_filters: int = 0
     n_models: int = 0
     basis: PCABasis | None = None
@@ -89,8 +108,10 @@ class AnalyzeReport:
     def lines(self) -> list[str]:
         evr = ", ".join(f"{v:.4f}" for v in self.basis.explained_variance_ratio) if self.basis else ""
         out = [
-            f"run {self.run_id}  scope: {self.scope}",
-            f"filters: {self.n_filters:,} from {self.n_models} models",
+            f"run {self.run_id}  scope: {self.scope}" + (f"  kernel: {self.kernel}" if self.kernel != DEFAULT_KERNEL else ""),
+            f"{'filters' if self.kernel == DEFAULT_KERNEL else self.kernel + ' kernels'}: {self.n_filters:,} from {self.n_models} models"
+            + (f" ({self.components} components in the histograms)" if self.basis is not None
+               and self.components < len(self.basis.explained_variance_ratio) else ""),
             f"explained-variance ratios: {evr}",
             f"coefficient range: [{self.range[0]:.6g}, {self.range[1]:.6g}]",
             f"filters read: {self.scan}",

@@ -23,6 +23,7 @@ from filterspark.delta.warehouse import Warehouse, WarehouseOptions
 from filterspark.errors import AnalyzeError, OptionsError
 from filterspark.kernels.coefficients import GroupSummary
 from filterspark.kernels.pca import N_WEIGHTS, PCABasis
+from filterspark.kernels.shapes import DEFAULT_KERNEL, kernel_name, parse_kernel
 from filterspark.pipelines.analyze.inputs import group_label_sql
 from filterspark.pipelines.analyze.options import ALL
 from filterspark.pipelines.analyze.rows import shift_rows
@@ -46,45 +47,70 @@ class RunSettings:
     min_group_filters: int
     dimensions: tuple[str, ...]
     n_filters: int
+    kernel: str = DEFAULT_KERNEL
+    components: int = N_WEIGHTS  # components with coefficients (the first of evr's)
 
     @property
     def fields(self) -> dict:
-        return {"run_id": self.run_id, "scope": self.scope, "run_at": self.run_at}
+        return {"run_id": self.run_id, "scope": self.scope, "run_at": self.run_at, "kernel": self.kernel}
+
+    @property
+    def coefficient_evr(self) -> np.ndarray:
+        """The explained-variance ratios of the components the histograms are of."""
+        return self.evr[: self.components]
 
 
-def find_run(spark: SparkSession, wh: Warehouse, run_id: str | None = None, scope: str | None = None) -> RunSettings:
-    """The run ``run_id``, else the latest complete run of ``scope`` (default: ``all`` if
-    there is one, else the latest of any scope)."""
+def find_run(spark: SparkSession, wh: Warehouse, run_id: str | None = None, scope: str | None = None,
+             kernel: str | None = None) -> RunSettings:
+    """The run ``run_id``, else the latest complete run of ``kernel`` (default 3x3) and
+    ``scope`` (default: ``all`` if there is one, else the latest of any scope). Runs of
+    an older version (no ``kernel`` recorded) are 3x3 runs."""
     runs = wh.table("analysis_runs")
     if not table_exists(spark, runs):
         raise AnalyzeError(f"no analysis runs in {wh.describe()}: run the analysis first")
     df = runs.read(spark)
+    if "kernel" not in df.columns:
+        df = df.withColumn("kernel", F.lit(None).cast("string"))
+    if "components" not in df.columns:
+        df = df.withColumn("components", F.lit(None).cast("int"))
+    df = df.withColumn("kernel", F.coalesce(F.col("kernel"), F.lit(DEFAULT_KERNEL)))
+    kernel = kernel_name(parse_kernel(kernel)) if kernel else None
     if run_id:
         df = df.where(F.col("run_id") == run_id)
-    elif scope is not None:
-        df = df.where(F.col("scope") == scope)
+    else:
+        df = df.where(F.col("kernel") == (kernel or DEFAULT_KERNEL))
+        if scope is not None:
+            df = df.where(F.col("scope") == scope)
     rows = df.orderBy(F.col("run_id").desc()).collect()
     if not run_id and scope is None:
         rows = [r for r in rows if r["scope"] == ALL] or rows
     if not rows:
-        raise AnalyzeError(f"no analysis run {run_id or ('of scope ' + repr(scope) if scope else '')} in {wh.describe()}".replace("  ", " "))
+        what = run_id or " ".join(p for p in (f"of kernel {kernel or DEFAULT_KERNEL}",
+                                              f"of scope {scope!r}" if scope else "") if p)
+        raise AnalyzeError(f"no analysis run {what} in {wh.describe()}")
     r = rows[0]
+    if run_id and kernel and r["kernel"] != kernel:
+        raise AnalyzeError(f"run {run_id} analysed {r['kernel']} kernels, not {kernel}")
+    evr = np.asarray(r["explained_variance_ratio"], np.float64)
     return RunSettings(
         r["run_id"], r["scope"], r["run_at"], int(r["bins"]), float(r["range_lo"]), float(r["range_hi"]),
-        np.asarray(r["explained_variance_ratio"], np.float64), int(r["min_group_filters"]),
-        tuple(r["dimensions"] or ()), int(r["n_filters"]),
+        evr, int(r["min_group_filters"]), tuple(r["dimensions"] or ()), int(r["n_filters"]), r["kernel"],
+        int(r["components"]) if r["components"] is not None else len(evr),
     )
 
 
 def run_basis(spark: SparkSession, wh: Warehouse, run: RunSettings) -> PCABasis:
-    """The run's PCA basis, read back from ``pca_basis``."""
+    """The run's whole PCA basis (all k² components), read back from ``pca_basis``
+    (``vector``; ``v0..v8`` for the rows of an older version)."""
     rows = sorted(wh.table("pca_basis").read(spark).where(F.col("run_id") == run.run_id).collect(),
                   key=lambda r: r["component"])
-    if len(rows) != N_WEIGHTS:
-        raise AnalyzeError(f"run {run.run_id} has {len(rows)} basis rows, not {N_WEIGHTS}")
+    d = parse_kernel(run.kernel) ** 2
+    if len(rows) != d:
+        raise AnalyzeError(f"run {run.run_id} has {len(rows)} basis rows, not {d}")
+    vector = lambda r: r["vector"] if "vector" in r.__fields__ and r["vector"] is not None else [r[f"v{i}"] for i in range(N_WEIGHTS)]  # noqa: E731
     return PCABasis(
         mean=np.asarray(rows[0]["mean"], np.float64),
-        components=np.asarray([[r[f"v{i}"] for i in range(N_WEIGHTS)] for r in rows], np.float64),
+        components=np.asarray([vector(r) for r in rows], np.float64),
         explained_variance=np.asarray([r["explained_variance"] for r in rows], np.float64),
         explained_variance_ratio=np.asarray([r["explained_variance_ratio"] for r in rows], np.float64),
         n_filters=int(rows[0]["n_filters"]),
@@ -117,7 +143,7 @@ def layer_labels(spark: SparkSession, wh: Warehouse, by: dict[str, str], where: 
 
 
 def grouped_counts(histograms: DataFrame, labels: DataFrame, names: list[str], bins: int,
-                   stats: bool = False) -> dict[tuple[int, str], GroupSummary]:
+                   stats: bool = False, components: int = N_WEIGHTS) -> dict[tuple[int, str], GroupSummary]:
     """Sum ``histograms`` (``layer_histograms`` rows of one run) per group of ``labels``
     (one Spark aggregation; the labels, one row per layer and dimension, are broadcast).
 
@@ -141,13 +167,13 @@ def grouped_counts(histograms: DataFrame, labels: DataFrame, names: list[str], b
     g_idx = np.fromiter((code[key] for key in keys), np.intp, len(keys))
     column = lambda name, dtype: counts.column(name).to_numpy(zero_copy_only=False).astype(dtype)  # noqa: E731
     comp, b, c = column("component", np.intp), column("bin", np.intp), column("count", np.int64)
-    hist = np.zeros((len(uniq), N_WEIGHTS, bins), np.int64)
+    hist = np.zeros((len(uniq), components, bins), np.int64)
     inside = (b >= 0) & (b < bins)
     np.add.at(hist, (g_idx[inside], comp[inside], b[inside]), c[inside])
     n = np.bincount(g_idx[comp == 0], weights=c[comp == 0], minlength=len(uniq)).astype(np.int64)
     out = {(index[d], label): GroupSummary(int(n[j]), hist[j]) for j, (d, label) in enumerate(uniq)}
     if stats:
-        shape = (len(uniq), N_WEIGHTS)
+        shape = (len(uniq), components)
         total, total_sq = np.zeros(shape), np.zeros(shape)
         low, high = np.full(shape, np.inf), np.full(shape, -np.inf)
         np.add.at(total, (g_idx, comp), column("s", np.float64))
@@ -175,6 +201,7 @@ class ShiftsOptions(WarehouseOptions):
     by: str = ""
     where: str | None = None
     run_id: str | None = None
+    kernel: str | None = None  # the latest run of this kernel (default 3x3); a run_id knows its own
 
     def __post_init__(self) -> None:
         if not self.by or not self.by.strip():
@@ -194,23 +221,26 @@ class ShiftsResult:
 def shifts_by(spark: SparkSession, options: ShiftsOptions) -> ShiftsResult:
     """Both orders of every pair of groups of ``options.by`` (rows as in ``shifts``)."""
     wh = options.tables
-    run = find_run(spark, wh, options.run_id)
+    run = find_run(spark, wh, options.run_id, kernel=options.kernel)
     labels = layer_labels(spark, wh, {options.by: options.by}, options.where)
-    groups = grouped_counts(run_histograms(spark, wh, run.run_id), labels, [options.by], run.bins)
+    groups = grouped_counts(run_histograms(spark, wh, run.run_id), labels, [options.by], run.bins,
+                            components=run.components)
     if not groups:
         raise AnalyzeError(f"no layer of run {run.run_id} falls in any group of {options.by!r}"
                            + (f" where {options.where}" if options.where else ""))
-    rows = shift_rows(run.fields, groups, [options.by], run.evr, run.lo, run.hi, run.min_group_filters)
+    rows = shift_rows(run.fields, groups, [options.by], run.coefficient_evr, run.lo, run.hi, run.min_group_filters)
     return ShiftsResult(run, rows)
 
 
 NEIGHBOUR_COLUMNS = ("rank", "neighbour_name", "shift", "neighbour_id", "neighbour_n_filters")
 
 
-def nearest_models(spark: SparkSession, options: WarehouseOptions, model: str, run_id: str | None = None) -> tuple[RunSettings, list]:
-    """(the run, ``model_neighbours`` rows of ``model`` — a name or a model id — by rank)."""
+def nearest_models(spark: SparkSession, options: WarehouseOptions, model: str, run_id: str | None = None,
+                   kernel: str | None = None) -> tuple[RunSettings, list]:
+    """(the run — ``run_id``, else the latest of ``kernel`` —, ``model_neighbours`` rows of
+    ``model`` — a name or a model id — by rank)."""
     wh = options.tables
-    run = find_run(spark, wh, run_id)
+    run = find_run(spark, wh, run_id, kernel=kernel)
     table = wh.table("model_neighbours")
     if not table_exists(spark, table):
         raise AnalyzeError(f"no model_neighbours table in {wh.describe()}: run the analysis again (this version writes it)")

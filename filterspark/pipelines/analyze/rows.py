@@ -16,7 +16,8 @@ from filterspark.pipelines.analyze.options import ALL
 # --- driver-side results --------------------------------------------------------------------
 
 
-_RUN_COLUMNS = ("run_id", "scope", "run_at")
+#: The columns every row of a run repeats (``kernel``: the last column of each table).
+_RUN_COLUMNS = ("run_id", "scope", "run_at", "kernel")
 
 
 def run_fields(run: dict) -> dict:
@@ -29,21 +30,25 @@ def without_run(schema: StructType) -> StructType:
 
 def with_run(df: DataFrame, run: dict, schema: StructType) -> DataFrame:
     """``df`` (the non-run columns of ``schema``) with the run's columns, in ``schema`` order."""
-    lits = {"run_id": F.lit(run["run_id"]), "scope": F.lit(run["scope"]), "run_at": F.lit(run["run_at"]).cast("timestamp")}
+    lits = {"run_id": F.lit(run["run_id"]), "scope": F.lit(run["scope"]), "run_at": F.lit(run["run_at"]).cast("timestamp"),
+            "kernel": F.lit(run["kernel"])}
     return df.select(*[lits[f.name].alias(f.name) if f.name in lits else F.col(f.name) for f in schema.fields])
 
 
 def basis_rows(run: dict, basis: PCABasis) -> list[dict]:
+    """``pca_basis`` rows: every component as ``vector`` (k² values) and, for 3x3, ``v0..v8``."""
+    d = basis.components.shape[1]
     return [
         {
             **run_fields(run), "component": k,
-            **{f"v{i}": float(basis.components[k, i]) for i in range(N_WEIGHTS)},
+            **({f"v{i}": float(basis.components[k, i]) for i in range(N_WEIGHTS)} if d == N_WEIGHTS else {}),
             "mean": [float(v) for v in basis.mean],
             "explained_variance": float(basis.explained_variance[k]),
             "explained_variance_ratio": float(basis.explained_variance_ratio[k]),
             "n_filters": basis.n_filters,
+            "vector": [float(v) for v in basis.components[k]],
         }
-        for k in range(N_WEIGHTS)
+        for k in range(basis.components.shape[0])
     ]
 
 
@@ -60,7 +65,8 @@ def _run_arrays(run: dict, n: int, schema) -> dict:
     import pyarrow as pa
 
     return {"run_id": pa.array([run["run_id"]] * n, pa.string()), "scope": pa.array([run["scope"]] * n, pa.string()),
-            "run_at": pa.array([run["run_at"]] * n, schema.field("run_at").type)}
+            "run_at": pa.array([run["run_at"]] * n, schema.field("run_at").type),
+            "kernel": pa.array([run["kernel"]] * n, pa.string())}
 
 
 def _arrow_table(values: dict, schema):
@@ -76,15 +82,16 @@ def histogram_table(run: dict, groups: dict, names: list[str], lo: float, hi: fl
     from filterspark.delta.schemas import COEFFICIENT_HISTOGRAMS
 
     edges = bin_edges(lo, hi, bins)
-    m = N_WEIGHTS * bins
     cols: dict[str, list] = {f.name: [] for f in without_run(COEFFICIENT_HISTOGRAMS).fields}
     for (dim, label), g in sorted(groups.items()):
+        c = g.hist.shape[0]  # components
+        m = c * bins
         cols["dimension"].append(np.full(m, names[dim], object))
         cols["group_value"].append(np.full(m, label, object))
-        cols["component"].append(np.repeat(np.arange(N_WEIGHTS, dtype=np.int32), bins))
-        cols["bin"].append(np.tile(np.arange(bins, dtype=np.int32), N_WEIGHTS))
-        cols["bin_lo"].append(np.tile(edges[:-1], N_WEIGHTS))
-        cols["bin_hi"].append(np.tile(edges[1:], N_WEIGHTS))
+        cols["component"].append(np.repeat(np.arange(c, dtype=np.int32), bins))
+        cols["bin"].append(np.tile(np.arange(bins, dtype=np.int32), c))
+        cols["bin_lo"].append(np.tile(edges[:-1], c))
+        cols["bin_hi"].append(np.tile(edges[1:], c))
         cols["count"].append(g.hist.reshape(-1))
         cols["probability"].append(normalised_histogram(g.hist, lo, hi).reshape(-1))
         cols["n_filters"].append(np.full(m, g.n, np.int64))
@@ -99,7 +106,7 @@ def stats_rows(run: dict, groups: dict, names: list[str], basis: PCABasis, lo: f
     rows = []
     for (dim, label), g in sorted(groups.items()):
         stats = co.group_stats(g, basis, lo, hi)
-        for k in range(N_WEIGHTS):
+        for k in range(g.hist.shape[0]):
             row = {**run_fields(run), "dimension": names[dim], "group_value": label, "component": k,
                    "small_group": g.n < small}
             for name, values in stats.items():

@@ -22,12 +22,23 @@ from filterspark.pipelines.analyze.rows import without_run
 
 
 def _weights(batch) -> np.ndarray:
-    """The batch's weights as a (9, n) float32 array (one contiguous row per weight)."""
-    return np.stack([batch.column(c).to_numpy(zero_copy_only=False) for c in WEIGHT_COLUMNS])
+    """The batch's weights as a (d, n) float32 array (one contiguous row per weight):
+    ``w0..w8`` (3x3 filters), or the ``weights`` lists of k x k kernels (one array
+    operation, no per-row loop; every list of a batch must hold the same k²)."""
+    names = batch.schema.names
+    if "weights" not in names:
+        return np.stack([batch.column(c).to_numpy(zero_copy_only=False) for c in WEIGHT_COLUMNS])
+    lists = batch.column(names.index("weights"))
+    n = len(lists)
+    values = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    d = values.size // n if n else 0
+    if n and (values.size != n * d or lists.value_lengths().to_numpy(zero_copy_only=False).min() != d):
+        raise AnalyzeError("kernels rows of one k must all hold k² weights")
+    return np.ascontiguousarray(values.reshape(n, d).T)
 
 
 def _scaled_rows(batch) -> tuple[np.ndarray, np.ndarray]:
-    """(scaled filters (n, 9) float64, kept-row mask) of a scan batch: rows with a
+    """(scaled kernels (n, d) float64, kept-row mask) of a scan batch: rows with a
     non-finite weight are left out, as :func:`analysis_input` leaves them out.
 
     The values of :func:`pca.scale_filters`, computed weight-major (the result is the
@@ -129,7 +140,8 @@ def partials_task(basis: PCABasis, lo: float, hi: float, bins: int, ref: np.ndar
 
 
 def coefficient_task(basis: PCABasis):
-    """mapInArrow function: filter keys + weights → keys + coefficients ``c0..c8``."""
+    """mapInArrow function: filter keys + weights → keys + coefficients ``c0..c8`` (NULL
+    beyond the basis' components)."""
     from filterspark.delta.schemas import COEFFICIENTS
 
     def task(batches):
@@ -139,7 +151,8 @@ def coefficient_task(basis: PCABasis):
         for batch in batches:
             c = project(scale_filters(_weights(batch).T), basis)
             keys = [batch.column(k) for k in ("model_id", "layer_index", "filter_index")]
-            yield pa.RecordBatch.from_arrays([*keys, *[pa.array(c[:, i]) for i in range(N_WEIGHTS)]], schema=schema)
+            comps = [pa.array(c[:, i]) if i < c.shape[1] else pa.nulls(len(c), pa.float64()) for i in range(N_WEIGHTS)]
+            yield pa.RecordBatch.from_arrays([*keys, *comps], schema=schema)
 
     return task
 
