@@ -39,6 +39,11 @@ def test_kernel_selection_parses_and_refuses_clearly():
         parse_kernel_sizes("5x5")
     with pytest.raises(OptionsError, match="filters table"):
         ExtractOptions(warehouse="/tmp/unused", kernels="3")
+    from filterspark.pipelines.importer import ImportOptions  # the import parses it the same way
+
+    assert ImportOptions(warehouse="/tmp/unused", kernels="none").kernels == ()
+    with pytest.raises(OptionsError, match="comma list"):
+        ImportOptions(warehouse="/tmp/unused", kernels="five")
     counts = {"5x5": 8, "3x3": 896, "1x1": 4, "7x1": 2, "7x7": 0}
     assert square_sizes(counts) == (5,) and selected_sizes((5, 7), counts) == (5,) and selected_sizes((7,), counts) == ()
 
@@ -104,7 +109,7 @@ def test_kernels_rows_equal_the_checkpoints_kernels(spark, demo_warehouse):
             if w.shape[2] == 1:
                 assert stored[index].variance_entropy is None
                 continue
-            q = layer_quality(torch.from_numpy(w))
+            q = layer_quality(torch.tensor(w))
             assert stored[index].variance_entropy_norm == pytest.approx(q.variance_entropy_norm, rel=1e-9)
             assert stored[index].sparsity == q.sparsity and 0 < q.variance_entropy_norm < 0.98  # trained: not random
     total = _kernels(spark, demo_warehouse["warehouse"])
