@@ -125,11 +125,11 @@ def build_zoo(out: Path, n_models: int, total_mb: float, seed: int = 0) -> Path:
 # --- contenders ----------------------------------------------------------------------------
 
 
-def ours(spark, entries, warehouse: str):
-    """``run_extraction`` into a fresh warehouse."""
+def ours(spark, entries, warehouse: str, kernels: str = "all"):
+    """``run_extraction`` into a fresh warehouse (``kernels``: its ``--kernels`` selection)."""
     from filterspark.pipelines.extract import ExtractOptions, run_extraction
 
-    return run_extraction(spark, entries, ExtractOptions(warehouse=warehouse))
+    return run_extraction(spark, entries, ExtractOptions(warehouse=warehouse, kernels=kernels))
 
 
 def floor(entries, out: Path) -> int:
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect", action="store_true",
                    help="run ours on a Spark Connect session (a local server started with the same settings)")
     p.add_argument("--quick", action="store_true", help="3 checkpoints of ~1 MB in a temporary directory; checks only")
+    p.add_argument("--kernels", default="all", help="ours' k x k selection (all | none | 5,7); the 7x7 stems go to kernels")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.total_mb = 3, 3.0
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def fresh_ours():
         shutil.rmtree(warehouse, ignore_errors=True)
-        return ours(spark, entries, str(warehouse))
+        return ours(spark, entries, str(warehouse), args.kernels)
 
     def fresh_floor():
         shutil.rmtree(floor_out, ignore_errors=True)
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     written, base = common.measure("floor: torch.load + pyarrow Parquet (1 process)", fresh_floor, repeat=args.repeat)
 
     print(f"\nextraction of {len(entries)} checkpoints ({size / 2**20:.0f} MiB, {written:,} 3x3 filters), "
-          f"{args.master}, driver memory {procs.configured}, best of {args.repeat}")
+          f"{args.master}, driver memory {procs.configured}, best of {args.repeat}, --kernels {args.kernels} "
+          f"({report.kernels_written:,} k x k kernels)")
     common.results_table([base, mine])
     print("ours, last run: " + "; ".join(report.lines()[1:]))
     common.ratio_line("ratio ours / floor", mine, base, "<= 1.5", mine.seconds <= 1.5 * base.seconds, args.quick)

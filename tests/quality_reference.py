@@ -27,14 +27,16 @@ def ref_entropy(f: np.ndarray) -> float:
     return float(-(p * np.log10(p)).sum())
 
 
-def ref_norm(h: float, n: int) -> float:
-    """H / TH(n); NaN (undefined) for n <= 2, where TH(n) <= 0."""
-    return h / ref_th(n) if n >= 3 else float("nan")
+def ref_norm(h: float, n: int, th=ref_th) -> float:
+    """H / TH(n); NaN (undefined) where TH(n) <= 0 (n <= 2 for the published fit)."""
+    level = th(n) if n >= 1 else 0.0
+    return h / level if level > 0 else float("nan")
 
 
-def ref_metrics(w: np.ndarray, eps: float = 0.01) -> dict[str, float]:
-    """The five layer metrics of a weight (any shape whose size is a multiple of 9)."""
-    f = np.asarray(w, dtype=np.float64).reshape(-1, 9)
+def ref_metrics(w: np.ndarray, eps: float = 0.01, width: int = 9, th=ref_th) -> dict[str, float]:
+    """The five layer metrics of a weight (any shape whose size is a multiple of ``width``,
+    the weights per kernel; ``th`` the random level of that kernel size)."""
+    f = np.asarray(w, dtype=np.float64).reshape(-1, width)
     peak = np.abs(f).max()
     t = peak * eps if peak > 0 else np.inf  # all-zero layer: every filter sparse
     sparse = np.all(np.abs(f) < t, axis=1)
@@ -42,7 +44,7 @@ def ref_metrics(w: np.ndarray, eps: float = 0.01) -> dict[str, float]:
     return {
         "sparsity": float(sparse.mean()),
         "variance_entropy": h,
-        "variance_entropy_norm": ref_norm(h, len(f)),
+        "variance_entropy_norm": ref_norm(h, len(f), th),
         "variance_entropy_clean": hc,
-        "variance_entropy_clean_norm": ref_norm(hc, int((~sparse).sum())),
+        "variance_entropy_clean_norm": ref_norm(hc, int((~sparse).sum()), th),
     }

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from filterspark.delta.warehouse import table_path
 from filterspark.errors import OptionsError
+from filterspark.kernels.quality import layer_quality
 from filterspark.kernels.shapes import ALL_KERNEL_SIZES, parse_kernel_sizes, selected_sizes, square_sizes
 from filterspark.pipelines.extract import ExtractOptions, run_extraction
 from filterspark.sources.catalog import model_id_for, read_catalog
@@ -38,6 +39,11 @@ def test_kernel_selection_parses_and_refuses_clearly():
         parse_kernel_sizes("5x5")
     with pytest.raises(OptionsError, match="filters table"):
         ExtractOptions(warehouse="/tmp/unused", kernels="3")
+    from filterspark.pipelines.importer import ImportOptions  # the import parses it the same way
+
+    assert ImportOptions(warehouse="/tmp/unused", kernels="none").kernels == ()
+    with pytest.raises(OptionsError, match="comma list"):
+        ImportOptions(warehouse="/tmp/unused", kernels="five")
     counts = {"5x5": 8, "3x3": 896, "1x1": 4, "7x1": 2, "7x7": 0}
     assert square_sizes(counts) == (5,) and selected_sizes((5, 7), counts) == (5,) and selected_sizes((7,), counts) == ()
 
@@ -95,6 +101,17 @@ def test_kernels_rows_equal_the_checkpoints_kernels(spark, demo_warehouse):
             assert (got.k == k).sum() == in_file == counts[name][f"{k}x{k}"], (name, k)
         assert set(got.task) == {rows[name]["task"]} and set(got.family) == {rows[name]["family"]}
     assert depthwise == 2  # the depthwise 5x5 and 7x7 layers
+    layers = spark.read.format("delta").load(table_path(demo_warehouse["warehouse"], "filterdb", "layers"))
+    for name in KXK_MODELS[:2]:  # k x k layers carry their quality, as 3x3 ones do; 1x1 ones none
+        weights = _file_conv_weights(root / rows[name]["path"], rows[name]["format"])
+        stored = {r.layer_index: r for r in layers.where(f"model_id = {model_id_for(name)}").collect()}
+        for index, w in enumerate(weights):
+            if w.shape[2] == 1:
+                assert stored[index].variance_entropy is None
+                continue
+            q = layer_quality(torch.tensor(w))
+            assert stored[index].variance_entropy_norm == pytest.approx(q.variance_entropy_norm, rel=1e-9)
+            assert stored[index].sparsity == q.sparsity and 0 < q.variance_entropy_norm < 0.98  # trained: not random
     total = _kernels(spark, demo_warehouse["warehouse"])
     assert total.count() == demo_warehouse["report"].kernels_written == 272 + 272 + 8
     assert {r.k for r in total.select("k").distinct().collect()} == {5, 7}

@@ -27,7 +27,8 @@ FILTER_METADATA = ("task", "visual_category", "training_dataset", "family")
 
 WEIGHT_COLUMNS = tuple(f"w{i}" for i in range(9))
 
-#: Layer quality columns (null for layers that are not 3x3).
+#: Layer quality columns (null for 1x1 and non-square layers; the normalised entropies also
+#: for k x k sizes without a random level, k > 11: see kernels/random_level.py).
 LAYER_QUALITY_FIELDS = [
     StructField("sparsity", DoubleType()),
     StructField("variance_entropy", DoubleType()),

@@ -1,4 +1,5 @@
-"""Data-free layer quality metrics for 3x3 convolution filters (Gavrikov & Keuper, CVPR 2022).
+"""Data-free layer quality metrics for k x k convolution filters (Gavrikov & Keuper, CVPR 2022,
+defined there for 3x3; the same formulas over k*k weights for every square k).
 
 Pure torch, no Spark. Every function takes a raw (unscaled) conv weight ``W`` of shape
 ``(out, in/groups, kh, kw)``; its filters are the ``n = out * in/groups`` rows of
@@ -9,9 +10,11 @@ Definitions (docs/definitions.md, "Filter quality"):
 
 * **Sparsity**: share of filters whose every ``|w| < threshold * max|W|``.
 * **Variance entropy** ``H``: with ``s`` the singular values of the column-centred
-  ``n x 9`` filter matrix, ``v = s^2/(n-1)``, ``p = v/sum(v)``, ``H = -sum p log10 p``
-  (over ``p > 0``). Maximum ``log10(9) ~ 0.954``.
-* **Normalised**: ``H / TH(n)`` with the published random-level fit ``TH(n)``.
+  ``n x k²`` filter matrix, ``v = s^2/(n-1)``, ``p = v/sum(v)``, ``H = -sum p log10 p``
+  (over ``p > 0``). Maximum ``log10(k²)`` (``~0.954`` for 3x3).
+* **Normalised**: ``H / TH_k(n)`` with the random level of k x k kernels
+  (:mod:`random_level`: the published fit for 3x3, simulated ones for other k; NaN
+  for a k it has no constants for, or a non-square kernel).
 * **Clean**: the same on the non-sparse filters only (normalised with ``TH(n_nonsparse)``).
 
 Conventions for the corner cases (documented here once, tested in
@@ -30,8 +33,8 @@ Conventions for the corner cases (documented here once, tested in
   must check it; NaN never leaks into aggregates (``model_quality`` skips such layers).
 * Empty layer (``n == 0``): every metric NaN, all flags False.
 
-Efficiency: the singular values are never computed by an SVD of the ``n x 9`` matrix;
-``s^2`` are the eigenvalues of the ``9 x 9`` Gram matrix ``Xc.T @ Xc`` (one matmul + one
+Efficiency: the singular values are never computed by an SVD of the ``n x k²`` matrix;
+``s^2`` are the eigenvalues of the ``k² x k²`` Gram matrix ``Xc.T @ Xc`` (one matmul + one
 tiny ``eigvalsh``). No ``n x n`` matrix is ever formed. The entropy agrees with the SVD
 route to far better than 1e-9 (tested); eigenvalues agree to ~1e-15 relative to the
 largest one.
@@ -44,6 +47,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import torch
+
+from filterspark.kernels.random_level import has_random_level, random_entropy_level
 
 __all__ = [
     "QualityThresholds",
@@ -59,12 +64,6 @@ __all__ = [
 ]
 
 _NAN = float("nan")
-
-# Published random-level fit TH(n) = L / (1 + exp(-k (log2 n - x0))) + b.
-_TH_L = 1.2618047
-_TH_K = 0.88767525
-_TH_X0 = 2.30436435
-_TH_B = -0.31050834
 
 
 # --------------------------------------------------------------------------- config
@@ -173,6 +172,11 @@ class LayerQuality:
 # --------------------------------------------------------------------------- internals
 
 
+def _kernel_size(weight) -> int | None:
+    """k of a square ``(out, in/groups, k, k)`` weight; None when not square."""
+    return int(weight.shape[2]) if weight.ndim == 4 and weight.shape[2] == weight.shape[3] else None
+
+
 def _as_filters(weight: torch.Tensor) -> torch.Tensor:
     """Return the ``(n, kh*kw)`` float64 filter matrix on the weight's device."""
     if not isinstance(weight, torch.Tensor):
@@ -196,7 +200,7 @@ def _nonfinite(x: torch.Tensor) -> int:
 def _sparse_mask(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Boolean mask of sparse filters (rows). All-zero layer: every filter is sparse."""
     lo, hi = torch.aminmax(x, dim=1)
-    row_peak = torch.maximum(hi, -lo)  # max |w| per filter, without an n x 9 temporary
+    row_peak = torch.maximum(hi, -lo)  # max |w| per filter, without an n x k² temporary
     peak = row_peak.max()
     if peak.item() == 0.0:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -204,7 +208,7 @@ def _sparse_mask(x: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def _variances(x: torch.Tensor) -> torch.Tensor:
-    """Squared singular values of the column-centred ``x`` (ascending), via the 9x9 Gram matrix,
+    """Squared singular values of the column-centred ``x`` (ascending), via the k²xk² Gram matrix,
     up to a common power-of-two factor.
 
     ``x`` is first divided by a power of two near its peak (exact; the entropy only needs
@@ -238,25 +242,15 @@ def _entropy(x: torch.Tensor) -> float:
     return _entropy_from_variances(_variances(x))
 
 
-def _norm(h: float, n: int) -> float:
-    """``h / TH(n)``; NaN where ``TH(n) <= 0`` (n <= 2) or ``h`` is NaN."""
-    if n < 1 or math.isnan(h):
+def _norm(h: float, n: int, k: int | None = 3) -> float:
+    """``h / TH_k(n)``; NaN where ``TH_k(n) <= 0`` (tiny n), ``h`` is NaN or k has no level."""
+    if n < 1 or math.isnan(h) or k is None or not has_random_level(k):
         return _NAN
-    th = random_entropy_level(n)
+    th = random_entropy_level(n, k)
     return h / th if th > 0 else _NAN
 
 
 # --------------------------------------------------------------------------- public metrics
-
-
-def random_entropy_level(n: int) -> float:
-    """Random-level entropy ``TH(n)`` of a layer with ``n`` filters (published logistic fit).
-
-    ``TH(n) <= 0`` for ``n <= 2``; raises ``ValueError`` for ``n < 1``.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return _TH_L / (1.0 + math.exp(-_TH_K * (math.log2(n) - _TH_X0))) + _TH_B
 
 
 def sparsity(weight: torch.Tensor, threshold: float = 0.01) -> float:
@@ -279,17 +273,17 @@ def variance_entropy(weight: torch.Tensor) -> float:
 
 
 def variance_entropy_norm(weight: torch.Tensor) -> float:
-    """``H / TH(n)``; NaN for n <= 2 (``TH`` not positive) or non-finite weights."""
+    """``H / TH_k(n)``; NaN for tiny n (``TH`` not positive), non-finite weights or a k without a level."""
     x = _as_filters(weight)
     if x.shape[0] == 0 or _nonfinite(x):
         return _NAN
-    return _norm(_entropy(x), x.shape[0])
+    return _norm(_entropy(x), x.shape[0], _kernel_size(weight))
 
 
-def _clean(x: torch.Tensor, threshold: float) -> tuple[float, float]:
+def _clean(x: torch.Tensor, threshold: float, k: int | None) -> tuple[float, float]:
     keep = x[~_sparse_mask(x, threshold)]
     h = _entropy(keep)
-    return h, _norm(h, keep.shape[0])
+    return h, _norm(h, keep.shape[0], k)
 
 
 def variance_entropy_clean(weight: torch.Tensor, threshold: float = 0.01) -> float:
@@ -297,7 +291,7 @@ def variance_entropy_clean(weight: torch.Tensor, threshold: float = 0.01) -> flo
     x = _as_filters(weight)
     if x.shape[0] == 0 or _nonfinite(x):
         return _NAN
-    return _clean(x, threshold)[0]
+    return _clean(x, threshold, _kernel_size(weight))[0]
 
 
 def variance_entropy_clean_norm(weight: torch.Tensor, threshold: float = 0.01) -> float:
@@ -305,11 +299,11 @@ def variance_entropy_clean_norm(weight: torch.Tensor, threshold: float = 0.01) -
     x = _as_filters(weight)
     if x.shape[0] == 0 or _nonfinite(x):
         return _NAN
-    return _clean(x, threshold)[1]
+    return _clean(x, threshold, _kernel_size(weight))[1]
 
 
 def layer_quality(weight: torch.Tensor, thresholds: QualityThresholds | None = None) -> LayerQuality:
-    """All metrics and flags of one layer: one float64 copy, one 9x9 eigen-solve (two with sparse filters).
+    """All metrics and flags of one layer: one float64 copy, one k²xk² eigen-solve (two with sparse filters).
 
     Flags: ``degenerate_random`` = normalised entropy ``>= random_entropy_norm`` on a
     layer of at least ``random_min_filters`` filters;
@@ -318,6 +312,7 @@ def layer_quality(weight: torch.Tensor, thresholds: QualityThresholds | None = N
     """
     t = thresholds or QualityThresholds()
     x = _as_filters(weight)
+    k = _kernel_size(weight)
     n = int(x.shape[0])
     bad = _nonfinite(x)
     if n == 0 or bad:
@@ -326,13 +321,13 @@ def layer_quality(weight: torch.Tensor, thresholds: QualityThresholds | None = N
     mask = _sparse_mask(x, t.sparsity_threshold)
     n_sparse = int(mask.sum().item())
     h = _entropy(x)
-    h_norm = _norm(h, n)
+    h_norm = _norm(h, n, k)
     if n_sparse == 0:  # clean == raw: reuse, no second solve
         hc, hc_norm = h, h_norm
     else:
         keep = x[~mask]
         hc = _entropy(keep)
-        hc_norm = _norm(hc, keep.shape[0])
+        hc_norm = _norm(hc, keep.shape[0], k)
     sp = n_sparse / n
     return LayerQuality(
         n_filters=n,

@@ -85,7 +85,8 @@ def print_model(spark, database: str, name: str, fmt: str, limit: int | None, ou
     format_rows(df.columns, [tuple(r) for r in df.collect()], fmt, out)
     other = (m.conv_layers or 0) - (m.layers_3x3 or 0)
     if fmt == "table" and other:
-        print(f"{other} other conv layer{'s' if other != 1 else ''} (not 3x3) carry no quality metrics", file=out)
+        print(f"{other} other conv layer{'s' if other != 1 else ''} (not 3x3) not listed: 1x1 and non-square layers "
+              "carry no quality metrics, k x k ones have theirs in the layers table", file=out)
     return 0
 
 

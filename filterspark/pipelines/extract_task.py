@@ -241,15 +241,17 @@ def extract_model(
 
     try:
         depths = conv_depths(loaded.layers)
+        # every square k x k layer (k >= 2) gets its quality; the model roll-up stays over 3x3
         quality_by_index = {
             i: layer_quality(l.weight, thresholds)
             for i, l in enumerate(loaded.layers)
-            if l.weight is not None and l.kernel_shape == (3, 3)
+            if l.weight is not None and l.kernel_shape[0] == l.kernel_shape[1] >= 2
         }
         layer_rows = [
             _layer_row(entry.model_id, i, layer, depths[i], quality_by_index.get(i))
             for i, layer in enumerate(loaded.layers)
         ]
+        quality_3x3 = {i: q for i, q in quality_by_index.items() if loaded.layers[i].kernel_shape == (3, 3)}
     except Exception as err:
         return ModelExtraction(failed_summary(entry, f"metrics failed: {type(err).__name__}: {err}", **file_fields))
 
@@ -280,9 +282,9 @@ def extract_model(
         error=warning[:1000] if warning else None,
         extracted_at=datetime.now(timezone.utc),
     )
-    summary.update(quality_rollup(list(quality_by_index.values()), thresholds))
+    summary.update(quality_rollup(list(quality_3x3.values()), thresholds))
     if summary.get("worst_layer_index") is not None:
         # model_quality indexes its input list; map back to the model's layer_index.
-        summary["worst_layer_index"] = list(quality_by_index)[summary["worst_layer_index"]]
+        summary["worst_layer_index"] = list(quality_3x3)[summary["worst_layer_index"]]
     summary["extraction_seconds"] = time.perf_counter() - started
     return ModelExtraction(summary, layer_rows, loaded, depths)

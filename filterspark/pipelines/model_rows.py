@@ -41,7 +41,7 @@ def layer_row(
     dtype: str | None,
     quality: LayerQuality | None,
 ) -> dict:
-    """One ``layers`` row; the quality columns are NULL without ``quality`` (not 3x3), and
+    """One ``layers`` row; the quality columns are NULL without ``quality`` (not square k x k), and
     undefined (NaN) metrics become NULL."""
     row = {
         "model_id": model_id, "layer_index": layer_index, "layer_name": layer_name, "op": op,
