@@ -18,9 +18,8 @@ import time
 import numpy as np
 import torch
 
-from filterspark.kernels.random_level import (
-    PUBLISHED_3X3, SIM_SEED, SIM_TRIALS, fit_random_level, logistic_level,
-)
+from filterspark.kernels.random_level import PUBLISHED_3X3, SIM_SEED, SIM_TRIALS, logistic_level
+from filterspark.kernels.random_level_fit import fit_random_level
 from filterspark.kernels.shapes import ALL_KERNEL_SIZES
 
 

@@ -469,7 +469,8 @@ def test_simulated_random_level_reproduces_the_published_3x3_fit() -> None:
     (RMS within 2x), and from 16 filters on lies within two of its residual RMS of the
     simulated curve. The four constants themselves are strongly correlated (standard
     errors up to 0.7), so the curves are compared, not the constants."""
-    from filterspark.kernels.random_level import PUBLISHED_3X3, fit_random_level, logistic_level
+    from filterspark.kernels.random_level import PUBLISHED_3X3, logistic_level
+    from filterspark.kernels.random_level_fit import fit_random_level
 
     fit = fit_random_level(3)
     assert fit.residual_rms < 0.012

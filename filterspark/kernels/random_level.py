@@ -3,8 +3,9 @@ k x k kernels, and the simulation that derives it (docs/definitions.md, *Random 
 
 ``TH_k(n) = L / (1 + exp(-K (log2 n - X0))) + B``. For k = 3 the constants are the
 published fit of Gavrikov & Keuper ("min distribution": the lowest variance entropy of
-random layers of n filters). For every other k they come from :func:`fit_random_level`:
-per n of a half-octave grid, the minimum entropy over :func:`sim_trials` layers of n
+random layers of n filters). For every other k they come from
+:func:`random_level_fit.fit_random_level`: per n of a half-octave grid, the minimum
+entropy over ``sim_trials`` layers of n
 i.i.d. N(0, 1) kernels (one seeded torch generator per (seed, k, n)), fitted with the
 same logistic by least squares. ``benchmarks/random_level.py`` re-runs it and prints the
 table below; run for k = 3 it reproduces the published curve within the fit's own
@@ -15,8 +16,6 @@ Pure numpy/torch/scipy, no Spark.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 
 #: The published 3x3 fit ``(L, K, X0, B)``.
@@ -32,7 +31,7 @@ SIM_MIN_TRIALS = 30
 SIM_MAX_LOG2 = 15
 
 #: ``k -> (L, K, X0, B)``: the level of every k the table knows (3: published; the others
-#: simulated with seed SIM_SEED, SIM_TRIALS trials, :func:`sim_grid`).
+#: simulated with seed SIM_SEED, SIM_TRIALS trials, ``random_level_fit.sim_grid``).
 RANDOM_LEVEL_FITS: dict[int, tuple[float, float, float, float]] = {
     3: PUBLISHED_3X3,
     2: (2.7045354, 0.65764184, -0.14251636, -2.1014264),
@@ -71,69 +70,3 @@ def random_entropy_level(n: int, k: int = 3) -> float:
 def has_random_level(k: int) -> bool:
     """Whether :func:`random_entropy_level` knows k x k kernels."""
     return k in RANDOM_LEVEL_FITS
-
-
-def sim_grid(k: int) -> list[int]:
-    """The layer sizes n simulated for k x k kernels: 4 to 2**m on a half-octave grid,
-    m = 13 + ceil(log2(k*k/9)) (the curve saturates later for more weights), m <= 15."""
-    extra = max(0, math.ceil(math.log2(k * k / 9))) if k > 3 else 0
-    top = min(13 + extra, SIM_MAX_LOG2)
-    return sorted({int(round(2 ** (e / 2))) for e in range(4, 2 * top + 1)})
-
-
-def sim_trials(n: int, k: int, trials: int = SIM_TRIALS) -> int:
-    """Layers drawn for size n: ``trials`` up to ``n*k*k = SIM_TRIAL_WEIGHTS`` weights, then
-    proportionally fewer (at least SIM_MIN_TRIALS). Large layers scatter so little (the
-    entropy's spread falls like 1/n) that their minimum barely depends on the count, and
-    this bounds the cost of every size."""
-    return max(min(trials, SIM_MIN_TRIALS), min(trials, trials * SIM_TRIAL_WEIGHTS // (n * k * k)))
-
-
-def minimum_entropies(k: int, sizes: list[int], trials: int = SIM_TRIALS, seed: int = SIM_SEED) -> np.ndarray:
-    """Per n of ``sizes``: the lowest variance entropy of :func:`sim_trials` layers of n
-    i.i.d. N(0, 1) k x k kernels (float64; generator seeded by (seed, k, n))."""
-    import torch
-
-    from filterspark.kernels.quality import variance_entropy
-
-    out = []
-    for n in sizes:
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + k * 100_003 + n)
-        out.append(min(
-            variance_entropy(torch.randn(n, 1, k, k, generator=generator, dtype=torch.float64))
-            for _ in range(sim_trials(n, k, trials))
-        ))
-    return np.array(out)
-
-
-@dataclass
-class LevelFit:
-    """A fitted random level: constants, their standard errors, the data and residual."""
-
-    k: int
-    fit: tuple[float, float, float, float]
-    stderr: tuple[float, float, float, float]
-    sizes: list[int]
-    minima: np.ndarray
-    residual_rms: float  # of the minima about the fitted curve
-
-    def residual_rms_of(self, other: tuple[float, float, float, float]) -> float:
-        """RMS of the same minima about another curve (e.g. the published one)."""
-        return float(np.sqrt(np.mean((self.minima - logistic_level(np.log2(self.sizes), other)) ** 2)))
-
-
-def fit_random_level(k: int, trials: int = SIM_TRIALS, seed: int = SIM_SEED,
-                     sizes: list[int] | None = None) -> LevelFit:
-    """Simulate the minimum entropies of ``k`` over :func:`sim_grid` and fit the logistic
-    (least squares, started from the published 3x3 constants shifted to k*k weights)."""
-    from scipy.optimize import curve_fit
-
-    sizes = sizes or sim_grid(k)
-    minima = minimum_entropies(k, sizes, trials, seed)
-    x = np.log2(np.array(sizes, dtype=np.float64))
-    top = math.log10(k * k)
-    start = (top + 0.31, PUBLISHED_3X3[1], PUBLISHED_3X3[2] + math.log2(k * k / 9), -0.31)
-    params, cov = curve_fit(lambda t, a, b, c, d: logistic_level(t, (a, b, c, d)), x, minima, p0=start, maxfev=50_000)
-    residual = minima - logistic_level(x, tuple(params))
-    return LevelFit(k, tuple(float(p) for p in params), tuple(float(s) for s in np.sqrt(np.diag(cov))), list(sizes),
-                    minima, float(np.sqrt(np.mean(residual**2))))
