@@ -19,7 +19,8 @@ Figures per process tree, as ``/usr/bin/time`` reports them: wall seconds until 
 command exits, CPU seconds (user + sys of every process of its tree: the command runs
 under a child subreaper, so a JVM that its Python never waited for counts too), peak RSS
 of the largest single process. The bare count runs with Delta from the same installation
-(``filterspark setup``'s local JARs); one more run resolves Delta by ``--packages`` (from
+(``filterspark setup``'s local JARs) and the JVM's default options (not the driver
+options setup writes); one more run resolves Delta by ``--packages`` (from
 the Ivy cache) as without setup, to show what Ivy costs each start. Exit status 1 when a command fails or
 the rows disagree.
 """
@@ -42,6 +43,10 @@ import benchlib as common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+#: The bare count runs on the JVM's defaults, not the short-lived-driver options that
+#: `filterspark setup` writes into the installation's spark-defaults.conf.
+DEFAULT_JVM = ["--conf", "spark.driver.defaultJavaOptions="]
 
 BARE_COUNT = '''
 import sys
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         common.check(ours_rows is not None and ours_rows == floor_rows,
                      f"extraction and floor wrote the same number of filters ({ours_rows} / {floor_rows})", failures)
         run_process([spark_submit, str(REPO / "jobs" / "analyze.py")], env, demo, analysis, failures)
-        counted = run_process([spark_submit, str(count_script), str(demo_filters)], env, demo, count, failures)
+        counted = run_process([spark_submit, *DEFAULT_JVM, str(count_script), str(demo_filters)], env, demo, count, failures)
         answer = run_process([str(BIN / "filterspark"), "sql", "SELECT count(*) AS n FROM filterdb.filters"], env, demo, sql, failures)
         n = rows_in(counted, "rows:")
         common.check(n is not None and str(n) in answer, f"the sql query and the bare count agree ({n} rows)", failures)
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:  # resolution from the Ivy cache that `filterspark setup` filled
         from filterspark.engine.delta_jars import delta_maven_coordinate
 
-        run_process([spark_submit, "--packages", delta_maven_coordinate(), str(count_script), str(demo_filters)],
+        run_process([spark_submit, *DEFAULT_JVM, "--packages", delta_maven_coordinate(), str(count_script), str(demo_filters)],
                     env, demo, ivy, failures)
     print(f"\nwhole processes, median of {args.rounds} (pairs run in turn), first run each; demo setup took {setup.wall:.1f} s")
     runs = [r for r in (extraction, floor, analysis, sql, count, ivy) if r.walls]
