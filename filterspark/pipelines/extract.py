@@ -25,17 +25,16 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import SparkSession
 
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import default_parallelism, session_conf
-from filterspark.delta.files import discard_unreferenced, file_write_blockers, local_path
+from filterspark.delta.files import file_write_blockers
 from filterspark.delta.registry import register_tables
-from filterspark.delta.schemas import KERNELS, PARTITION_COLUMNS
-from filterspark.delta.tables import ensure_tables, id_predicate, table_detail, with_conflict_retry
+from filterspark.delta.schemas import KERNELS
+from filterspark.delta.tables import ensure_tables, id_predicate, table_detail
 from filterspark.delta.warehouse import TableRef, WarehouseOptions
 from filterspark.engine.phases import Phases
 from filterspark.engine.resources import CPU, STAGE, GpuPlan, max_model_bytes, plan_gpus, too_large_reason
@@ -46,7 +45,8 @@ from filterspark.kernels.quality import QualityThresholds
 from filterspark.kernels.shapes import parse_kernel_sizes, selected_sizes
 from filterspark.pipelines.model_rows import fingerprint, kernels_material
 from filterspark.pipelines.writes import (
-    commit_layers_and_models, existing_fingerprints, remove_model_rows, stream_filters, stream_rows,
+    ROW_TABLES, WRITE_MODES, commit_layers_and_models, commit_task_files, existing_fingerprints, remove_model_rows,
+    stream_filters, stream_rows, write_path,
 )
 from filterspark.sources.catalog import CatalogEntry
 
@@ -54,10 +54,6 @@ log = logging.getLogger("filterspark.extract")
 
 #: Bump when extraction output for the same file changes, so old rows get recomputed.
 EXTRACTOR_VERSION = "2"  # 2: ONNX weights folded from constants, If/Loop bodies, graph-input convs listed
-
-
-#: How filter rows reach Delta (see the module docstring).
-WRITE_MODES = ("auto", "files", "spark")
 
 
 @dataclass
@@ -273,14 +269,10 @@ def _kernel_streaming_task(thresholds: QualityThresholds, sizes: tuple[int, ...]
     return run
 
 
-#: The tables extraction writes per kernel, each model's rows in its ``model_id=`` partition.
-ROW_TABLES = ("filters", "kernels")
-
-
 def _file_task(thresholds: QualityThresholds, sizes: tuple[int, ...], roots: dict[str, str], file_tag: str):
-    """The task of the files path: payloads → ``(summary, layer rows, add actions by table)``
-    per model, its ``filters`` and ``kernels`` rows written as Parquet files into the
-    model's partition directory of each table."""
+    """The task of the files path: payloads → ``((summary, layer rows), add actions by
+    table)`` per model, its ``filters`` and ``kernels`` rows written as Parquet files into
+    the model's partition directory of each table."""
 
     def extract_partition(index: int, group: str):
         from filterspark.delta.parquet_files import write_partition
@@ -291,77 +283,21 @@ def _file_task(thresholds: QualityThresholds, sizes: tuple[int, ...], roots: dic
             actions = {name: write_partition(roots[name], partition, batches[name], f"{index:05d}-{file_tag}")
                        for name in ROW_TABLES}
             result.loaded = None
-            yield result.summary, result.layers, actions
+            yield (result.summary, result.layers), actions
 
     return extract_partition
-
-
-def write_path(spark: SparkSession, tables: dict[str, TableRef], requested: str) -> tuple[str, str, dict[str, str]]:
-    """``(mode, reason, local roots)``: whether extraction writes the ``filters`` and
-    ``kernels`` files itself (the roots of those tables when it does)."""
-    if requested not in WRITE_MODES:
-        raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {requested!r}")
-    if requested == "spark":
-        return "spark", "write='spark'", {}
-    reasons = []
-    details = {}
-    missing = jvm.unavailable_reason(spark)
-    if missing:
-        reasons.append(f"direct Delta commits need the driver's JVM ({missing})")
-    else:
-        for name in ROW_TABLES:
-            details[name] = table_detail(spark, tables[name])
-            blockers = file_write_blockers(details[name])
-            if blockers:
-                reasons.append(f"the {name} table: {'; '.join(blockers)}")
-    if reasons:
-        reason = "; ".join(reasons)
-        if requested == "files":
-            raise OptionsError(f"write='files' is not possible: {reason}")
-        return "spark", reason, {}
-    return "files", "", {name: local_path(str(d["location"])) for name, d in details.items()}
-
-
-def _run_files(root: str, ids: list[int], file_tag: str) -> list[str]:
-    """The files (relative paths) this run's tasks wrote into the models' partitions."""
-    from filterspark.delta.parquet_files import tagged_files
-
-    return tagged_files(root, [f"model_id={i}" for i in ids], file_tag)
 
 
 def _write_rows_as_files(
     spark, groups: list[str], profile, options, roots: dict[str, str], tables: dict[str, TableRef], ids,
     phase: Phases,
 ) -> list[tuple[dict, list]]:
-    """The files path: tasks write Parquet, the driver commits each table's files in one
-    Delta transaction (``filters``, then ``kernels``)."""
-    from filterspark.delta.parquet_files import committed_paths, remove_files
-
-    file_tag = uuid.uuid4().hex[:16]
-    actions: dict[str, list[str]] = {name: [] for name in ROW_TABLES}
-    predicate = id_predicate("model_id", ids)
-    try:
-        outputs = run_tasks(spark, groups, _file_task(options.thresholds, options.kernels, roots, file_tag),
-                            "filterspark: extract models", profile)
-        phase("extract", "commit filters")
-        for name in ROW_TABLES:
-            actions[name] = [a for _, _, adds in outputs for a in adds[name]]
-            if name == "kernels" and not actions[name] and table_detail(spark, tables[name]).get("numFiles") == 0:
-                continue  # nothing to add, nothing to remove: no empty commit
-            table, adds, partitions = tables[name], actions[name], list(PARTITION_COLUMNS[name])
-            with_conflict_retry(
-                lambda: jvm.replace_files(spark, table, predicate, adds, partitions), f"write {name}"
-            )
-    except BaseException:
-        for name in ROW_TABLES:
-            discard_unreferenced(spark, tables[name], roots[name], _run_files(roots[name], ids, file_tag))
-        raise
-    for name in ROW_TABLES:
-        committed = committed_paths(actions[name])
-        stale = remove_files(roots[name], [p for p in _run_files(roots[name], ids, file_tag) if p not in committed])
-        if stale:
-            log.info("deleted %d %s files of retried task attempts", stale, name)
-    return [(summary, layers) for summary, layers, _ in outputs]
+    """The files path (:func:`writes.commit_task_files`): ``filters``, then ``kernels``."""
+    run = lambda file_tag: run_tasks(  # noqa: E731
+        spark, groups, _file_task(options.thresholds, options.kernels, roots, file_tag), "filterspark: extract models",
+        profile,
+    )
+    return commit_task_files(spark, run, tables, roots, ids, phase)
 
 
 def _stream_kernels(spark, payloads: dict[int, tuple[str, int | None]], extracted, options, parallelism: int,
@@ -433,11 +369,11 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     groups = [json.dumps(g) for g in plan_tasks(payloads, parallelism, options.models_per_task)]
     ids = [e.model_id for e, _ in todo]
     predicate = id_predicate("model_id", ids)
-    report.write, report.write_reason, roots = write_path(spark, tables, options.write)
+    report.write, report.write_reason, roots = write_path(spark, tables, ROW_TABLES, options.write)
     phase("plan", f"extract {len(todo)} models")
     if report.write == "files":
         extracted = _write_rows_as_files(spark, groups, profile, options, roots, tables, ids, phase)
-        phase("commit filters", "write layers")
+        phase("commit rows", "write layers")
     else:
         writers = 1 + max(len(json.loads(g)) for g in groups) if groups else 2  # the most models (partitions) of a task
         extracted = stream_filters(spark, groups, _streaming_task(options.thresholds), tables["filters"], predicate,

@@ -1,29 +1,42 @@
-"""The writes extraction and the dataset.h5 import share: which models changed, the filter
-rows streamed through Spark with each task's small results beside them, and the
-``layers``/``models`` rows that commit a set of models.
+"""The writes extraction and the dataset.h5 import share: which models changed, the row
+tables (``filters``, ``kernels``) written either as Parquet files by the tasks themselves
+and committed by the driver (the files path) or streamed through Spark with each task's
+small results beside them (the spark path), and the ``layers``/``models`` rows that
+commit a set of models.
 
 Delta has no multi-table transactions, so ``filters`` and ``layers`` are written first and
 ``models`` last: a ``models`` row is the commit record of a model.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import uuid
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from filterspark.delta import jvm
-from filterspark.delta.schemas import FILTERS, LAYERS, MODELS, arrow_schema
+from filterspark.delta.files import discard_unreferenced, file_write_blockers, local_path
+from filterspark.delta.schemas import FILTERS, LAYERS, MODELS, PARTITION_COLUMNS, arrow_schema
 from filterspark.delta.tables import id_predicate, replace_rows, rows_frame, table_detail, upsert_rows, with_conflict_retry
 from filterspark.delta.warehouse import TableRef
+from filterspark.errors import OptionsError
+
+log = logging.getLogger("filterspark.writes")
 
 #: The extra column of a streamed filters write: rows that carry one pickled task result
 #: (all filter columns null), collected by an ``Observation`` and kept out of the table.
 RESULT_COLUMN = "_result"
+
+#: How row tables reach Delta: ``files`` (the tasks write Parquet with pyarrow, the driver
+#: commits them), ``spark`` (``mapInArrow`` + Delta's writer), ``auto`` (files where possible).
+WRITE_MODES = ("auto", "files", "spark")
+#: The tables of one row per kernel, each model's rows in its ``model_id=`` partition.
+ROW_TABLES = ("filters", "kernels")
 
 #: What a streaming task yields: filter rows (Arrow batches in ``FILTERS``' schema) and,
 #: in between, any picklable result object for the driver.
@@ -38,6 +51,91 @@ def existing_fingerprints(spark: SparkSession, models: TableRef, ids: list[int],
     df = models.read(spark).where(id_predicate("model_id", ids))
     rows = df.select("model_id", "fingerprint", "kernel_shape_counts").collect()
     return {r.model_id: (r.fingerprint, r.kernel_shape_counts) if shapes else r.fingerprint for r in rows}
+
+
+def write_path(
+    spark: SparkSession, tables: dict[str, TableRef], names: Sequence[str], requested: str
+) -> tuple[str, str, dict[str, str]]:
+    """``(mode, reason, local roots)``: whether the tasks write the files of the tables
+    ``names`` themselves (with those tables' local roots when they do), for the
+    ``requested`` mode; ``reason``: why the spark path was taken."""
+    if requested not in WRITE_MODES:
+        raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {requested!r}")
+    if requested == "spark":
+        return "spark", "write='spark'", {}
+    reasons = []
+    details = {}
+    missing = jvm.unavailable_reason(spark)
+    if missing:
+        reasons.append(f"direct Delta commits need the driver's JVM ({missing})")
+    else:
+        for name in names:
+            details[name] = table_detail(spark, tables[name])
+            blockers = file_write_blockers(details[name])
+            if blockers:
+                reasons.append(f"the {name} table: {'; '.join(blockers)}")
+    if reasons:
+        reason = "; ".join(reasons)
+        if requested == "files":
+            raise OptionsError(f"write='files' is not possible: {reason}")
+        return "spark", reason, {}
+    return "files", "", {name: local_path(str(d["location"])) for name, d in details.items()}
+
+
+#: What a files-path task yields per unit of work: its result for the driver and, per
+#: table, the Delta ``add`` actions of the Parquet files it wrote.
+FileTaskOutput = tuple[Any, dict[str, list[str]]]
+
+
+def _run_files(root: str, ids: Iterable[int], file_tag: str) -> list[str]:
+    """The files (relative paths) of one run (``file_tag``) in the models' partitions."""
+    from filterspark.delta.parquet_files import tagged_files
+
+    return tagged_files(root, [f"model_id={i}" for i in ids], file_tag)
+
+
+def commit_task_files(
+    spark: SparkSession,
+    run: Callable[[str], list[FileTaskOutput]],
+    tables: dict[str, TableRef],
+    roots: dict[str, str],
+    ids: list[int],
+    phase: Callable[[str, str | None], None] | None = None,
+) -> list[Any]:
+    """The files path: ``run(file_tag)`` runs the tasks, which write the rows of the
+    models ``ids`` as Parquet files (``file_tag`` in every name) into the ``model_id=``
+    partitions of ``roots``' tables; then each table in ``roots``' order gets one Delta
+    commit replacing those models' files by the new ones. A table with nothing to add
+    and no files is left alone (no empty commit). ``phase("extract", ...)`` is called
+    when the tasks are done. Returns the tasks' results.
+
+    On an error, every file of the run that no snapshot references is deleted; after the
+    commits, so are the files of retried task attempts that were not committed."""
+    from filterspark.delta.parquet_files import committed_paths, remove_files
+
+    file_tag = uuid.uuid4().hex[:16]
+    actions: dict[str, list[str]] = {name: [] for name in roots}
+    predicate = id_predicate("model_id", ids)
+    try:
+        outputs = run(file_tag)
+        if phase:
+            phase("extract", "commit rows")
+        for name in roots:
+            actions[name] = [a for _, adds in outputs for a in adds.get(name, [])]
+            if not actions[name] and table_detail(spark, tables[name]).get("numFiles") == 0:
+                continue
+            table, adds, partitions = tables[name], actions[name], list(PARTITION_COLUMNS[name])
+            with_conflict_retry(lambda: jvm.replace_files(spark, table, predicate, adds, partitions), f"write {name}")
+    except BaseException:
+        for name, root in roots.items():
+            discard_unreferenced(spark, tables[name], root, _run_files(root, ids, file_tag))
+        raise
+    for name, root in roots.items():
+        committed = committed_paths(actions[name])
+        stale = remove_files(root, [p for p in _run_files(root, ids, file_tag) if p not in committed])
+        if stale:
+            log.info("deleted %d %s files of retried task attempts", stale, name)
+    return [result for result, _ in outputs]
 
 
 def _streamed_schema(schema: StructType) -> StructType:
