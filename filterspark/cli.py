@@ -67,6 +67,14 @@ def _add_kernels(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_write(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--write", choices=("auto", "files", "spark"), default="auto",
+        help="how filter rows reach Delta: files = tasks write Parquet with pyarrow, committed as one Delta "
+        "transaction (local/shared file systems); spark = mapInArrow + Delta writer; auto = files where possible",
+    )
+
+
 def _session(args: argparse.Namespace, app_name: str):
     """The session a command runs on, with the warehouse's tables named; ``args.warehouse``
     is set to the warehouse used when none was given."""
@@ -150,11 +158,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 1 when executors have GPUs, else 0)",
     )
     parser.add_argument("--force", action="store_true", help="re-extract models even when unchanged")
-    parser.add_argument(
-        "--write", choices=("auto", "files", "spark"), default="auto",
-        help="how filter rows reach Delta: files = tasks write Parquet with pyarrow, committed as one Delta "
-        "transaction (local/shared file systems); spark = mapInArrow + Delta writer; auto = files where possible",
-    )
+    _add_write(parser)
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when any model failed")
     parser.add_argument(
         "--max-model-bytes",
@@ -389,6 +393,7 @@ def add_import_filterdb_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows-per-task", type=int, default=DEFAULT_ROWS_PER_TASK, help=f"filters per Spark task (default {DEFAULT_ROWS_PER_TASK:,})"
     )
     parser.add_argument("--force", action="store_true", help="re-import models even when unchanged")
+    _add_write(parser)
     _add_kernels(parser)
     _add_quality_thresholds(parser)
 
@@ -410,6 +415,7 @@ def run_import_filterdb(args: argparse.Namespace) -> int:
         rows_per_task=args.rows_per_task,
         force=args.force,
         kernels=args.kernels,
+        write=args.write,
     )
     report = run_import(spark, db, options)
     for line in report.lines():

@@ -355,6 +355,52 @@ def test_reimport_skips_unchanged_models(spark, imported):
     assert report.skipped == len(MODELS) and report.imported == 0 and report.filters_written == 0
 
 
+def test_files_and_spark_paths_import_the_same_tables(spark, tmp_path, monkeypatch):
+    """The default (files) path — tasks write Parquet, one Delta commit per table —
+    writes what Spark's writer does; a failed commit leaves no file behind, and a
+    re-import over extracted k x k rows removes them."""
+    from pathlib import Path
+
+    from compare import assert_same_tables
+
+    from filterspark.delta import jvm
+    from filterspark.delta.warehouse import table_path
+
+    path = tmp_path / "dataset.h5"
+    write_filterdb(path)
+    _, spark_report = _import(spark, path, tmp_path / "spark", rows_per_task=150, write="spark")
+    assert spark_report.write == "spark"
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("simulated commit failure")
+
+    monkeypatch.setattr(jvm, "replace_files", refuse)
+    with pytest.raises(RuntimeError, match="simulated commit"):
+        _import(spark, path, tmp_path / "files", rows_per_task=150)
+    assert list(Path(table_path(str(tmp_path / "files"), "filterdb", "filters")).rglob("*.parquet")) == []
+    monkeypatch.undo()
+
+    _, files_report = _import(spark, path, tmp_path / "files", rows_per_task=150)
+    assert files_report.write == "files" and files_report.write_reason == ""
+    assert files_report.filters_written == spark_report.filters_written and files_report.tasks > len(MODELS)
+    counts = assert_same_tables(spark, str(tmp_path / "spark"), str(tmp_path / "files"))
+    assert counts["filters"] == files_report.filters_written
+
+    # k x k rows of an imported id (say, extracted before): a re-import commits them away
+    from filterspark.delta.schemas import KERNELS
+    from filterspark.delta.tables import rows_frame
+
+    kernels = table_path(str(tmp_path / "files"), "filterdb", "kernels")
+    mid = model_id_for(MODELS[0][0])
+    row = {"model_id": mid, "layer_index": 0, "filter_index": 0, "k": 5, "weights": [0.5] * 25}
+    rows_frame(spark, [row], KERNELS).write.format("delta").mode("append").save(kernels)
+    assert spark.read.format("delta").load(kernels).count() == 1
+    _, again = _import(spark, path, tmp_path / "files", rows_per_task=150, force=True)
+    assert again.write == "files" and again.imported == len(MODELS)
+    assert spark.read.format("delta").load(kernels).count() == 0
+    assert spark.read.format("delta").load(table_path(str(tmp_path / "files"), "filterdb", "filters")).count() == counts["filters"]
+
+
 # --------------------------------------------------------------------------- analysis on the imported data
 
 SQL_SCALED = [

@@ -3,12 +3,15 @@
 The driver reads only ``meta`` and the header of ``filters`` (:mod:`filterspark.sources.filterdb_h5`)
 and cuts the layers into work units of consecutive rows. Each Spark task opens the HDF5
 file itself (a path every executor can read: NFS, Lustre, a FUSE mount such as
-``/dbfs/...``), reads its units one layer at a time with h5py, computes the layer's
-quality metrics from those weights, and streams the layer's rows as Arrow batches into
-one Delta commit — no filter passes through the driver, and a task holds at most one
-layer in memory. Small per-layer results (metrics, sha256 of the weights) come back
-beside the rows (:func:`writes.stream_filters`); then ``layers`` is replaced and ``models`` merged last, exactly
-as extraction does, so ``analyze``, ``quality`` and the report work unchanged.
+``/dbfs/...``), reads its units one layer at a time with h5py and computes the layer's
+quality metrics from those weights; a task holds at most one layer in memory and no
+filter passes through the driver. The rows reach ``filters`` as extraction's do
+(:mod:`filterspark.pipelines.writes`): on a local or shared file system the task writes
+them as Parquet files itself and the driver commits all files in one Delta transaction
+(the files path); elsewhere (object stores, Spark Connect) they stream as Arrow batches
+into one Delta ``replaceWhere`` write, the small per-layer results (metrics, sha256 of
+the weights) riding beside them. Then ``layers`` is replaced and ``models`` merged last,
+exactly as extraction does, so ``analyze``, ``quality`` and the report work unchanged.
 """
 from __future__ import annotations
 
@@ -22,15 +25,20 @@ from datetime import datetime, timezone
 from pyspark.sql import SparkSession
 
 from filterspark.delta.capabilities import set_job_description
+from filterspark.delta.files import file_write_blockers
 from filterspark.delta.registry import register_tables
 from filterspark.delta.schemas import FILTER_METADATA, KERNELS
 from filterspark.delta.tables import ensure_tables, id_predicate, table_detail
 from filterspark.delta.warehouse import WarehouseOptions
+from filterspark.engine.runner import run_tasks
 from filterspark.errors import OptionsError
 from filterspark.kernels.quality import LayerQuality, QualityThresholds
 from filterspark.kernels.shapes import parse_kernel_sizes
 from filterspark.pipelines.model_rows import fingerprint, layer_row, quality_rollup
-from filterspark.pipelines.writes import commit_layers_and_models, existing_fingerprints, remove_model_rows, stream_filters
+from filterspark.pipelines.writes import (
+    ROW_TABLES, WRITE_MODES, commit_layers_and_models, commit_task_files, existing_fingerprints, remove_model_rows,
+    stream_filters, write_path,
+)
 from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
 
 log = logging.getLogger("filterspark.import")
@@ -52,9 +60,13 @@ class ImportOptions(WarehouseOptions):
     #: kernel sizes for ``kernels``, parsed as extraction's; dataset.h5 holds 3x3 filters
     #: only, so no selection finds any: an imported model has no ``kernels`` rows
     kernels: str | tuple[int, ...] | None = "all"
+    #: how filter rows reach Delta: auto | files | spark, as extraction's (:func:`writes.write_path`)
+    write: str = "auto"
 
     def __post_init__(self) -> None:
         self.kernels = parse_kernel_sizes(self.kernels)
+        if self.write not in WRITE_MODES:
+            raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {self.write!r}")
         if self.rows_per_task < 1:
             raise OptionsError(f"rows_per_task must be at least 1, not {self.rows_per_task}")
         super().__post_init__()
@@ -79,6 +91,8 @@ class ImportReport:
     tasks: int = 0
     seconds: float = 0.0
     write_seconds: float = 0.0
+    write: str = ""  # files | spark: the path the filter rows took
+    write_reason: str = ""  # why the spark path was taken
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -93,6 +107,8 @@ class ImportReport:
             f"wall time: {self.seconds:.1f} s (filters stage {self.write_seconds:.1f} s, "
             f"{self.filters_per_second:,.0f} filters/s)",
         ]
+        if self.write:
+            out.append(f"filters written by: {self.write}" + (f" ({self.write_reason})" if self.write_reason else ""))
         out += [f"  warning: {w}" for w in self.warnings]
         return out
 
@@ -114,48 +130,93 @@ def _unit_payload(layers: list[LayerRange], by_id: dict[int, ImportModel]) -> st
     )
 
 
+def _read_layer(dataset, layer: dict, thresholds: QualityThresholds):
+    """One work-unit layer: its weights (float32 ``(n, 9)``) and a function that gives its
+    result for the driver (rows, sha256, seconds, quality) once its rows are written."""
+    import torch
+
+    from filterspark.kernels.quality import layer_quality
+    from filterspark.sources.filterdb_h5 import read_rows
+
+    started = time.perf_counter()
+    weights = read_rows(dataset, layer["start"], layer["stop"])
+    n = weights.shape[0]
+    digest = hashlib.sha256(weights.data).hexdigest()
+    quality = layer_quality(torch.from_numpy(weights).reshape(n, 1, 3, 3), thresholds)
+
+    def result() -> dict:
+        return {"model_id": layer["model_id"], "layer_index": layer["layer_index"], "n": n, "sha256": digest,
+                "seconds": time.perf_counter() - started, "quality": quality.as_dict()}
+
+    return weights, result
+
+
+def _layer_batches(layer: dict, weights):
+    """The ``filters`` rows of one work-unit layer, as Arrow batches."""
+    from filterspark.pipelines.extract_task import MAX_BATCH_ROWS, filter_batch
+
+    for s in range(0, weights.shape[0], MAX_BATCH_ROWS):
+        yield filter_batch(layer["model_id"], layer["layer_index"], s, weights[s : s + MAX_BATCH_ROWS],
+                           layer["meta"], layer["depth"], layer["depth_norm"])
+
+
 def _import_task(path: str, thresholds: QualityThresholds):
     """The streaming task (see :func:`writes.stream_filters`): work units → their filter
     rows, then per unit the list of its layers' results."""
 
     def import_partition(payloads):
-        import torch
-
-        from filterspark.pipelines.extract_task import MAX_BATCH_ROWS, filter_batch
-        from filterspark.sources.filterdb_h5 import open_filters, read_rows
-        from filterspark.kernels.quality import layer_quality
+        from filterspark.sources.filterdb_h5 import open_filters
 
         h5, dataset = open_filters(path)
         try:
             for payload in payloads:
                 results = []
                 for layer in json.loads(payload):
-                    started = time.perf_counter()
-                    weights = read_rows(dataset, layer["start"], layer["stop"])
-                    n = weights.shape[0]
-                    digest = hashlib.sha256(weights.data).hexdigest()
-                    quality = layer_quality(torch.from_numpy(weights).reshape(n, 1, 3, 3), thresholds)
-                    for s in range(0, n, MAX_BATCH_ROWS):
-                        yield filter_batch(
-                            layer["model_id"], layer["layer_index"], s, weights[s : s + MAX_BATCH_ROWS],
-                            layer["meta"], layer["depth"], layer["depth_norm"],
-                        )
+                    weights, result = _read_layer(dataset, layer, thresholds)
+                    yield from _layer_batches(layer, weights)
                     del weights
-                    results.append(
-                        {
-                            "model_id": layer["model_id"],
-                            "layer_index": layer["layer_index"],
-                            "n": n,
-                            "sha256": digest,
-                            "seconds": time.perf_counter() - started,
-                            "quality": quality.as_dict(),
-                        }
-                    )
+                    results.append(result())
                 yield results
         finally:
             h5.close()
 
     return import_partition
+
+
+def _import_file_task(path: str, thresholds: QualityThresholds, root: str, file_tag: str):
+    """The files-path task (see :func:`writes.commit_task_files`): one work unit → its
+    layers' results and the ``add`` actions of the ``filters`` files it wrote, one model
+    partition open at a time (the unit's layers come model by model)."""
+
+    def import_unit(index: int, payload: str):
+        from filterspark.delta.parquet_files import PartitionFileWriter
+        from filterspark.sources.filterdb_h5 import open_filters
+
+        writers: list[PartitionFileWriter] = []
+        results, actions = [], []
+        h5, dataset = open_filters(path)
+        try:
+            for layer in json.loads(payload):
+                if not writers or writers[-1].partition["model_id"] != layer["model_id"]:
+                    if writers:
+                        actions += writers[-1].close()
+                    writers.append(PartitionFileWriter(root, {"model_id": layer["model_id"]}, f"{index:05d}-{file_tag}"))
+                weights, result = _read_layer(dataset, layer, thresholds)
+                for batch in _layer_batches(layer, weights):
+                    writers[-1].write(batch)
+                del weights
+                results.append(result())
+            if writers:
+                actions += writers[-1].close()
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+        finally:
+            h5.close()
+        yield results, {"filters": actions}
+
+    return import_unit
 
 
 def _layer_row(layer: LayerRange, dtype: str, quality: dict) -> dict:
@@ -218,12 +279,25 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
     units = plan_units((l for m in todo for l in m.layers), options.rows_per_task)
     payloads = [_unit_payload(unit, by_id) for unit in units]
 
-    predicate = id_predicate("model_id", by_id)
+    ids = list(by_id)
+    predicate = id_predicate("model_id", ids)
+    report.write, report.write_reason, roots = write_path(spark, tables, ROW_TABLES, options.write)
     set_job_description(spark, f"filterspark: import {len(todo)} models from {db.path}")
     write_started = time.perf_counter()
-    # Each import task writes one model partition at a time: one open file per task.
-    unit_results = stream_filters(spark, payloads, _import_task(db.path, options.thresholds), tables["filters"],
-                                  predicate, concurrent_writers=2)
+    if report.write == "files":
+        # the tasks write filters; the kernels commit removes any k x k rows these ids had
+        run = lambda file_tag: run_tasks(  # noqa: E731
+            spark, payloads, _import_file_task(db.path, options.thresholds, roots["filters"], file_tag),
+            f"filterspark: import {len(todo)} models from {db.path}",
+        )
+        unit_results = commit_task_files(spark, run, tables, roots, ids)
+    else:
+        # Each import task writes one model partition at a time: one open file per task.
+        unit_results = stream_filters(spark, payloads, _import_task(db.path, options.thresholds), tables["filters"],
+                                      predicate, concurrent_writers=2)
+        if table_detail(spark, tables["kernels"]).get("numFiles") != 0:
+            # a re-imported (or formerly extracted) model id keeps no k x k rows of before
+            remove_model_rows(spark, tables["kernels"], KERNELS, predicate, "write kernels")
     report.write_seconds = time.perf_counter() - write_started
 
     # A retried task re-sends its results: keep one per layer.
@@ -237,16 +311,16 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
     if wrong:
         raise RuntimeError(f"{len(wrong)} layers read a different number of rows than planned, e.g. {wrong[0].filter_ids}")
 
-    if table_detail(spark, tables["kernels"]).get("numFiles") != 0:
-        # a re-imported (or formerly extracted) model id keeps no k x k rows of before
-        remove_model_rows(spark, tables["kernels"], KERNELS, predicate, "write kernels")
     set_job_description(spark, "filterspark: write layers and models")
     layer_rows, model_rows = [], []
     for m in todo:
         mine = [results[(l.model_id, l.layer_index)] for l in m.layers]
         layer_rows += [_layer_row(l, db.filters.dtype, r["quality"]) for l, r in zip(m.layers, mine)]
         model_rows.append(_model_row(db, m, mine, fps[m.model_id], options.thresholds))
-    commit_layers_and_models(spark, tables["layers"], tables["models"], layer_rows, model_rows, list(by_id), direct=False)
+    direct = report.write == "files" and not any(
+        file_write_blockers(table_detail(spark, tables[t])) for t in ("layers", "models")
+    )
+    commit_layers_and_models(spark, tables["layers"], tables["models"], layer_rows, model_rows, ids, direct)
     register_tables(spark, options.tables)
 
     report.imported = len(todo)
