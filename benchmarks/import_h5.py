@@ -213,7 +213,7 @@ def run_import(h5: Path, warehouse: Path, args) -> tuple[dict, str, float]:
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"
-    master = f"local-cluster[{args.executors},1,{args.executor_memory_mb}]"
+    master = args.master or f"local-cluster[{args.executors},1,{args.executor_memory_mb}]"
     cmd = [
         str(bin_dir / "spark-submit"),
         "--master", master,
@@ -243,10 +243,58 @@ def run_import(h5: Path, warehouse: Path, args) -> tuple[dict, str, float]:
     return {"each": monitor.peak_each, "sum": monitor.peak_sum, "cpu": monitor.cpu_by_kind()}, output, wall
 
 
+def measure(n: int, base: Path, args) -> dict:
+    """Generate an ``n``-filter file under ``base``, import it, print the figures; returns
+    ``{"n", "stage_s", "wall_s", "ok"}``."""
+    need = n * BYTES_PER_FILTER * 2.5  # file + warehouse (parquet float columns barely compress)
+    free = shutil.disk_usage(base).free
+    if free < need:
+        raise SystemExit(f"need ~{need / 2**30:.1f} GiB free in {base}, have {free / 2**30:.1f} GiB")
+    h5, warehouse = base / f"dataset-{n}.h5", base / f"warehouse-{n}"
+    t0 = time.perf_counter()
+    models, layers = generate(h5, n)
+    size = h5.stat().st_size
+    print(f"generated {h5}: {n:,} filters, {models} models, {layers} layers, "
+          f"{size / 2**20:,.0f} MiB in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    peaks, output, wall = run_import(h5, warehouse, args)
+    for line in output.splitlines():
+        if re.match(r"^(file|models|layers|wall time|filters written by|  warning):", line):
+            print(f"  job | {line}")
+    match = re.search(r"filters stage ([\d.]+) s, ([\d,]+) filters/s", output)
+    stage_s = float(match.group(1)) if match else float("nan")
+    rows = delta_rows(warehouse / "filterdb.db" / "filters")
+    print(f"rows in filterdb.filters (Delta log): {rows:,} {'OK' if rows == n else 'MISMATCH'}")
+    memory = args.executor_memory_mb * 2**20
+    if not args.master:
+        print(f"file size: {size / 2**20:,.0f} MiB = {size / memory:.1f} x executor memory "
+              f"({args.executors} executor(s) x {args.executor_memory_mb} MiB)")
+    print(f"throughput: {n / stage_s:,.0f} filters/s in the filters stage ({stage_s:.1f} s); "
+          f"{n / wall:,.0f} filters/s end to end ({wall:.1f} s incl. JVM start and Delta commits)")
+    cpu = peaks["cpu"]
+    work = cpu.get("executor JVM", 0.0) + cpu.get("python worker", 0.0)
+    if work:
+        print(f"executor CPU: {work:,.0f} core-seconds (JVM {cpu.get('executor JVM', 0):,.0f}, Python workers "
+              f"{cpu.get('python worker', 0):,.0f}) = {n / work:,.0f} filters per core-second "
+              f"(load-independent; machine load average at the end {os.getloadavg()[0]:.1f})")
+    print("peak RSS (MiB)           largest process   all of this kind   CPU s")
+    for kind in ("driver JVM", "driver python", "executor JVM", "python worker", "cluster daemon JVM"):
+        if kind in peaks["each"]:
+            print(f"  {kind:<22} {peaks['each'][kind]:>15,.0f}   {peaks['sum'][kind]:>16,.0f}   {cpu.get(kind, 0):>5,.0f}")
+    if not args.keep:
+        h5.unlink()
+        shutil.rmtree(warehouse, ignore_errors=True)
+    return {"n": n, "stage_s": stage_s, "wall_s": wall, "ok": rows == n}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4M filters (smoke run)")
     parser.add_argument("--filters", type=int, default=50_000_000, help="filters in the generated file (default 50M = 1.8 GB)")
+    parser.add_argument("--rate-from", metavar="N1,N2",
+                        help="import two generated files of N1 and N2 filters and print the rate between them "
+                        "((N2 - N1) / time difference: the fixed costs cancel), e.g. 2000000,12000000")
+    parser.add_argument("--master", help="Spark master (default: local-cluster[EXECUTORS,1,EXECUTOR_MEMORY_MB])")
     parser.add_argument("--executors", type=int, default=2, help="executor JVMs (1 core each)")
     parser.add_argument("--executor-memory-mb", type=int, default=512, help="memory per executor (default 512)")
     parser.add_argument("--driver-memory", default="1g")
@@ -255,45 +303,22 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", help="where the file and warehouse go (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the file and the warehouse")
     args = parser.parse_args(argv)
-    n = 4_000_000 if args.quick else args.filters
+    sizes = [int(v) for v in args.rate_from.split(",")] if args.rate_from else [4_000_000 if args.quick else args.filters]
+    if args.rate_from and (len(sizes) != 2 or not 0 < sizes[0] < sizes[1]):
+        parser.error("--rate-from takes two sizes N1 < N2, e.g. 2000000,12000000")
 
     base = Path(args.dir or tempfile.mkdtemp(prefix="filterspark-import-bench-"))
     base.mkdir(parents=True, exist_ok=True)
-    need = n * BYTES_PER_FILTER * 2.5  # file + warehouse (parquet float columns barely compress)
-    free = shutil.disk_usage(base).free
-    if free < need:
-        raise SystemExit(f"need ~{need / 2**30:.1f} GiB free in {base}, have {free / 2**30:.1f} GiB")
-    h5, warehouse = base / "dataset.h5", base / "warehouse"
     try:
-        t0 = time.perf_counter()
-        models, layers = generate(h5, n)
-        size = h5.stat().st_size
-        print(f"generated {h5}: {n:,} filters, {models} models, {layers} layers, "
-              f"{size / 2**20:,.0f} MiB in {time.perf_counter() - t0:.1f} s", flush=True)
-
-        peaks, output, wall = run_import(h5, warehouse, args)
-        for line in output.splitlines():
-            if re.match(r"^(file|models|layers|wall time|  warning):", line):
-                print(f"  job | {line}")
-        match = re.search(r"filters stage ([\d.]+) s, ([\d,]+) filters/s", output)
-        stage_s = float(match.group(1)) if match else float("nan")
-        rows = delta_rows(warehouse / "filterdb.db" / "filters")
-        print(f"rows in filterdb.filters (Delta log): {rows:,} {'OK' if rows == n else 'MISMATCH'}")
-        print(f"file size: {size / 2**20:,.0f} MiB = {size / (args.executor_memory_mb * 2**20):.1f} x executor memory "
-              f"({args.executors} executor(s) x {args.executor_memory_mb} MiB)")
-        print(f"throughput: {n / stage_s:,.0f} filters/s in the filters stage ({stage_s:.1f} s); "
-              f"{n / wall:,.0f} filters/s end to end ({wall:.1f} s incl. JVM start and Delta commits)")
-        cpu = peaks["cpu"]
-        work = cpu.get("executor JVM", 0.0) + cpu.get("python worker", 0.0)
-        if work:
-            print(f"executor CPU: {work:,.0f} core-seconds (JVM {cpu.get('executor JVM', 0):,.0f}, Python workers "
-                  f"{cpu.get('python worker', 0):,.0f}) = {n / work:,.0f} filters per core-second "
-                  f"(load-independent; machine load average at the end {os.getloadavg()[0]:.1f})")
-        print("peak RSS (MiB)           largest process   all of this kind   CPU s")
-        for kind in ("driver JVM", "driver python", "executor JVM", "python worker", "cluster daemon JVM"):
-            if kind in peaks["each"]:
-                print(f"  {kind:<22} {peaks['each'][kind]:>15,.0f}   {peaks['sum'][kind]:>16,.0f}   {cpu.get(kind, 0):>5,.0f}")
-        return 0 if rows == n else 1
+        runs = [measure(n, base, args) for n in sizes]
+        if len(runs) == 2:
+            small, large = runs
+            extra = large["n"] - small["n"]
+            print(f"rate between {small['n']:,} and {large['n']:,} filters ({args.master or 'local-cluster'}): "
+                  f"{extra / (large['stage_s'] - small['stage_s']):,.0f} filters/s in the filters stage, "
+                  f"{extra / (large['wall_s'] - small['wall_s']):,.0f} filters/s as whole processes "
+                  f"(fixed costs cancel; target >= 1,000,000)")
+        return 0 if all(r["ok"] for r in runs) else 1
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
