@@ -228,6 +228,7 @@ def run_import(h5: Path, warehouse: Path, args) -> tuple[dict, str, float]:
         "--h5", str(h5),
         "--warehouse", str(warehouse),
         "--rows-per-task", str(args.rows_per_task),
+        "--write", args.write,
     ]
     print(f"$ {' '.join(cmd)}", flush=True)
     started = time.perf_counter()
@@ -299,6 +300,8 @@ def main(argv=None) -> int:
     parser.add_argument("--executor-memory-mb", type=int, default=512, help="memory per executor (default 512)")
     parser.add_argument("--driver-memory", default="1g")
     parser.add_argument("--rows-per-task", type=int, default=4_000_000)
+    parser.add_argument("--write", choices=("auto", "files", "spark"), default="auto",
+                        help="the job's --write: files (tasks write Parquet) or spark (Spark's Delta writer)")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting (repeatable)")
     parser.add_argument("--dir", help="where the file and warehouse go (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the file and the warehouse")
@@ -314,7 +317,7 @@ def main(argv=None) -> int:
         if len(runs) == 2:
             small, large = runs
             extra = large["n"] - small["n"]
-            print(f"rate between {small['n']:,} and {large['n']:,} filters ({args.master or 'local-cluster'}): "
+            print(f"rate between {small['n']:,} and {large['n']:,} filters ({args.master or 'local-cluster'}, --write {args.write}): "
                   f"{extra / (large['stage_s'] - small['stage_s']):,.0f} filters/s in the filters stage, "
                   f"{extra / (large['wall_s'] - small['wall_s']):,.0f} filters/s as whole processes "
                   f"(fixed costs cancel; target >= 1,000,000)")

@@ -83,7 +83,7 @@ def _session(args: argparse.Namespace, app_name: str):
     spark = build_session(
         app_name=app_name, warehouse=args.warehouse, database=args.database,
         remote=getattr(args, "remote", None), catalog=getattr(args, "catalog_name", None),
-        default_warehouse=DEFAULT_WAREHOUSE,
+        default_warehouse=DEFAULT_WAREHOUSE, short_lived=True,
     )
     args.warehouse = warehouse_in_use(spark, args.warehouse, args.database)
     return spark

@@ -27,7 +27,8 @@ TEST_SPARK_CONF = {
 def spark():
     from filterspark.engine.session import build_session
 
-    session = build_session(app_name="filterspark-tests", master="local[2]", conf=TEST_SPARK_CONF)
+    # the suite's JVM options as one job's (C1 only): the suite runs many small queries
+    session = build_session(app_name="filterspark-tests", master="local[2]", conf=TEST_SPARK_CONF, short_lived=True)
     yield session
     session.stop()
 

@@ -381,6 +381,28 @@ def test_local_defaults_match_conf_file():
         assert conf[key] == value, key
 
 
+def test_driver_jvm_options_follow_the_sessions_life():
+    """One CLI command's local JVM starts fast (C1 only); a notebook's or library
+    session's keeps the JVM's compiler; a cluster's, or the user's own, are left alone."""
+    from filterspark.engine.session import LONG_LIVED_JVM_OPTIONS, SHORT_LIVED_JVM_OPTIONS, configure_builder
+
+    class Recorder:
+        def __init__(self):
+            self.conf = {}
+
+        def config(self, key, value):
+            self.conf[key] = value
+            return self
+
+    def options(**kwargs):
+        return configure_builder(Recorder(), **kwargs).conf.get("spark.driver.defaultJavaOptions")
+
+    assert options(master="local[2]") == SHORT_LIVED_JVM_OPTIONS
+    assert options(master="local[2]", short_lived=False) == LONG_LIVED_JVM_OPTIONS
+    assert options(master="spark://host:7077", short_lived=False) is None
+    assert options(master="local[2]", short_lived=False, preset={"spark.driver.defaultJavaOptions": "-Xss4m"}) is None
+
+
 def test_crash_before_commit_record_recovers_without_duplicates(spark, zoo, tmp_path, monkeypatch):
     """A job dying after writing filters but before its ``models`` commit record leaves no
     visible model, and the next run replaces the orphaned rows instead of duplicating them."""

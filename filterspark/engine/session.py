@@ -27,12 +27,15 @@ from filterspark.engine.delta_jars import delta_maven_coordinate, delta_on_class
 from filterspark.engine.resources import is_local_master
 from filterspark.errors import OptionsError, SessionError
 
-#: JVM options of short-lived local drivers: C1 only (no C2 compiler threads) and the
-#: serial collector (no concurrent GC threads; a 1-2 GB driver heap of a job whose bulk
-#: work runs in Python workers). On two cores each cut a cold Delta count's CPU by a
-#: quarter or more (benchmarks/README.md, *Whole processes*).
+#: JVM options of short-lived local drivers (the jobs, one CLI command): C1 only (no C2
+#: compiler threads) and the serial collector (no concurrent GC threads; a 1-2 GB driver
+#: heap of a job whose bulk work runs in Python workers). On two cores each cut a cold
+#: Delta count's CPU by a quarter or more, and a demo extraction's wall time by 11%; but
+#: work that runs long inside a local JVM runs at half speed without C2 (a warm 20M-row
+#: aggregate, Spark's Delta writer): benchmarks/README.md, *Whole processes*.
 SHORT_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-#: ... and of servers, which live long enough for C2 and a concurrent collector (the JVM's defaults).
+#: ... and of sessions that live long (notebooks, a library session, servers): the JVM's
+#: own defaults, C2 and a concurrent collector.
 LONG_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=4 -XX:+UseG1GC"
 
 #: Spark settings applied when running in local mode and not set by the user.
@@ -45,8 +48,8 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.databricks.delta.snapshotPartitions": "1",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
     # A short-lived local driver is done before C2's compilations pay back; they took
-    # a third of a cold Delta count's CPU on two cores (benchmarks/README.md). Servers
-    # (`filterspark serve`, Connect) keep the JVM's defaults.
+    # a third of a cold Delta count's CPU on two cores (benchmarks/README.md). A session
+    # built to live long (build_session's default) takes LONG_LIVED_JVM_OPTIONS instead.
     "spark.driver.defaultJavaOptions": SHORT_LIVED_JVM_OPTIONS,
 }
 
@@ -71,11 +74,13 @@ def configure_builder(
     conf: Mapping[str, str] | None = None,
     extra_packages: list[str] | None = None,
     preset: Mapping[str, str] | None = None,
+    short_lived: bool = True,
 ):
     """Configure a classic ``SparkSession.Builder`` for filterspark and return it: Delta's SQL
     extension and catalog, its JARs unless they are on the classpath already, the
     warehouse directory, and small-machine settings for local masters that the user's
-    own configuration (``preset``: spark-submit flags, properties files) does not set.
+    own configuration (``preset``: spark-submit flags, properties files) does not set;
+    ``short_lived`` False: the JVM's own compiler and collector (a notebook, a server).
     A master is set only when none was given; the embedded default is ``local[*]``."""
     preset = dict(preset or {})
     settings: dict[str, str] = {}
@@ -87,6 +92,8 @@ def configure_builder(
         settings["spark.master"] = master
     if is_local_master(given_master):
         settings.update({k: v for k, v in LOCAL_DEFAULTS.items() if k not in preset})
+        if not short_lived and "spark.driver.defaultJavaOptions" in settings:
+            settings["spark.driver.defaultJavaOptions"] = LONG_LIVED_JVM_OPTIONS
     settings.update(DELTA_SETTINGS)
     if warehouse:
         settings["spark.sql.warehouse.dir"] = warehouse_uri(warehouse)
@@ -145,9 +152,14 @@ def build_session(
     remote: str | None = None,
     catalog: str | None = None,
     default_warehouse: str | None = None,
+    short_lived: bool = False,
 ):
     """Return a Delta-enabled SparkSession with the project's SQL functions and the
     warehouse's tables registered.
+
+    ``short_lived``: a JVM started here for one command (the CLI) gets the fast-starting
+    JVM options of :data:`SHORT_LIVED_JVM_OPTIONS` in local mode; otherwise (a notebook,
+    a library session) the JVM's defaults, whose C2 compiler pays back in a long session.
 
     ``remote`` (or ``SPARK_REMOTE``) connects to a Spark Connect server instead of starting
     a driver here; the server's own Delta and warehouse settings then apply. An already
@@ -176,7 +188,7 @@ def build_session(
                 os.environ.setdefault("PYSPARK_PYTHON", preset.get("spark.pyspark.python", sys.executable))
             builder = configure_builder(
                 SparkSession.builder.appName(app_name), None if catalog else warehouse, master, conf,
-                extra_packages, preset,
+                extra_packages, preset, short_lived,
             )
             spark = builder.getOrCreate()
             set_log_level(spark, os.environ.get("FILTERSPARK_LOG_LEVEL", "WARN"))
