@@ -553,11 +553,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=command).parse_args(argv)
+    before = _active_classic_session()
     try:
         return COMMANDS[args.command][2](args)
     except FilterSparkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        # A session this command started ends with it: its executors are told to stop
+        # (a local cluster's workers otherwise relaunch them while the JVM exits).
+        started = _active_classic_session()
+        if started is not None and before is None:
+            from filterspark.delta.jvm import stop_session
+
+            stop_session(started)
+
+
+def _active_classic_session():
+    """The classic SparkSession active in this process, if any (pyspark imported lazily)."""
+    if "pyspark.sql" not in sys.modules:
+        return None
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
 
 
 if __name__ == "__main__":
