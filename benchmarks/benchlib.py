@@ -86,7 +86,8 @@ def spark_session(app: str, master: str = "local[2]", driver_memory: str = "2g",
         SERVER = LocalConnectServer(master, conf).start()
         atexit.register(SERVER.stop)
         return build_session(app_name=app, remote=SERVER.url)
-    return build_session(app_name=app, master=master, conf=conf)
+    # a measured run is a long session (the JVM's compiler); a --quick check one command's
+    return build_session(app_name=app, master=master, conf=conf, short_lived=quick)
 
 
 def warm(spark, warehouse: str, database: str, parquet: str | None) -> None:

@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         widgets[name.strip()] = value
     spark = build_session(app_name=f"filterspark-notebook-{Path(args.notebook).stem}", warehouse=args.warehouse,
                           database=args.database, remote=args.remote, catalog=args.catalog_name,
-                          default_warehouse=DEFAULT_WAREHOUSE)
+                          default_warehouse=DEFAULT_WAREHOUSE, short_lived=True)
     params = {"warehouse": warehouse_in_use(spark, args.warehouse, args.database), "database": args.database}
     if args.catalog_name:
         params["catalog_name"] = args.catalog_name
