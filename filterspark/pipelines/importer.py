@@ -160,6 +160,16 @@ def _layer_batches(layer: dict, weights):
                            layer["meta"], layer["depth"], layer["depth_norm"])
 
 
+def _unit_batches(dataset, layers: list[dict], thresholds: QualityThresholds, results: list[dict]):
+    """The ``filters`` rows of one work unit's layers, one layer in memory at a time; each
+    layer's result is appended to ``results`` once its rows are out."""
+    for layer in layers:
+        weights, result = _read_layer(dataset, layer, thresholds)
+        yield from _layer_batches(layer, weights)
+        del weights
+        results.append(result())
+
+
 def _import_task(path: str, thresholds: QualityThresholds):
     """The streaming task (see :func:`writes.stream_filters`): work units → their filter
     rows, then per unit the list of its layers' results."""
@@ -170,12 +180,8 @@ def _import_task(path: str, thresholds: QualityThresholds):
         h5, dataset = open_filters(path)
         try:
             for payload in payloads:
-                results = []
-                for layer in json.loads(payload):
-                    weights, result = _read_layer(dataset, layer, thresholds)
-                    yield from _layer_batches(layer, weights)
-                    del weights
-                    results.append(result())
+                results: list[dict] = []
+                yield from _unit_batches(dataset, json.loads(payload), thresholds, results)
                 yield results
         finally:
             h5.close()
@@ -184,34 +190,20 @@ def _import_task(path: str, thresholds: QualityThresholds):
 
 
 def _import_file_task(path: str, thresholds: QualityThresholds, root: str, file_tag: str):
-    """The files-path task (see :func:`writes.commit_task_files`): one work unit → its
-    layers' results and the ``add`` actions of the ``filters`` files it wrote, one model
-    partition open at a time (the unit's layers come model by model)."""
+    """The files-path task (see :func:`writes.commit_task_files`): one work unit (layers of
+    one model, :func:`filterdb_h5.plan_units`) → its layers' results and the ``add``
+    actions of the ``filters`` files it wrote into that model's partition."""
 
     def import_unit(index: int, payload: str):
-        from filterspark.delta.parquet_files import PartitionFileWriter
+        from filterspark.delta.parquet_files import write_partition
         from filterspark.sources.filterdb_h5 import open_filters
 
-        writers: list[PartitionFileWriter] = []
-        results, actions = [], []
+        layers = json.loads(payload)
+        results: list[dict] = []
         h5, dataset = open_filters(path)
         try:
-            for layer in json.loads(payload):
-                if not writers or writers[-1].partition["model_id"] != layer["model_id"]:
-                    if writers:
-                        actions += writers[-1].close()
-                    writers.append(PartitionFileWriter(root, {"model_id": layer["model_id"]}, f"{index:05d}-{file_tag}"))
-                weights, result = _read_layer(dataset, layer, thresholds)
-                for batch in _layer_batches(layer, weights):
-                    writers[-1].write(batch)
-                del weights
-                results.append(result())
-            if writers:
-                actions += writers[-1].close()
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
+            batches = _unit_batches(dataset, layers, thresholds, results)
+            actions = write_partition(root, {"model_id": layers[0]["model_id"]}, batches, f"{index:05d}-{file_tag}")
         finally:
             h5.close()
         yield results, {"filters": actions}
@@ -282,13 +274,13 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
     ids = list(by_id)
     predicate = id_predicate("model_id", ids)
     report.write, report.write_reason, roots = write_path(spark, tables, ROW_TABLES, options.write)
-    set_job_description(spark, f"filterspark: import {len(todo)} models from {db.path}")
+    description = f"filterspark: import {len(todo)} models from {db.path}"
+    set_job_description(spark, description)
     write_started = time.perf_counter()
     if report.write == "files":
         # the tasks write filters; the kernels commit removes any k x k rows these ids had
         run = lambda file_tag: run_tasks(  # noqa: E731
-            spark, payloads, _import_file_task(db.path, options.thresholds, roots["filters"], file_tag),
-            f"filterspark: import {len(todo)} models from {db.path}",
+            spark, payloads, _import_file_task(db.path, options.thresholds, roots["filters"], file_tag), description,
         )
         unit_results = commit_task_files(spark, run, tables, roots, ids)
     else:
