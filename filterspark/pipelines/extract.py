@@ -31,7 +31,6 @@ from pyspark.sql import SparkSession
 
 from filterspark.delta import jvm
 from filterspark.delta.capabilities import default_parallelism, session_conf
-from filterspark.delta.files import file_write_blockers
 from filterspark.delta.registry import register_tables
 from filterspark.delta.schemas import KERNELS
 from filterspark.delta.tables import ensure_tables, id_predicate, table_detail
@@ -45,8 +44,8 @@ from filterspark.kernels.quality import QualityThresholds
 from filterspark.kernels.shapes import parse_kernel_sizes, selected_sizes
 from filterspark.pipelines.model_rows import fingerprint, kernels_material
 from filterspark.pipelines.writes import (
-    ROW_TABLES, WRITE_MODES, commit_layers_and_models, commit_task_files, existing_fingerprints, remove_model_rows,
-    stream_filters, stream_rows, write_path,
+    ROW_TABLES, check_write_mode, commit_layers_and_models, commit_task_files, driver_may_rewrite,
+    existing_fingerprints, remove_model_rows, stream_filters, stream_rows, write_path,
 )
 from filterspark.sources.catalog import CatalogEntry
 
@@ -76,8 +75,7 @@ class ExtractOptions(WarehouseOptions):
 
     def __post_init__(self) -> None:
         self.kernels = parse_kernel_sizes(self.kernels)
-        if self.write not in WRITE_MODES:
-            raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {self.write!r}")
+        check_write_mode(self.write)
         if self.models_per_task is not None and self.models_per_task < 1:
             raise OptionsError(f"models_per_task must be at least 1, not {self.models_per_task}")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
@@ -391,9 +389,7 @@ def run_extraction(spark: SparkSession, entries: list[CatalogEntry], options: Ex
     if missing:
         raise RuntimeError(f"no extraction result for {len(missing)} models, e.g. {missing[0].name}")
 
-    direct = report.write == "files" and not any(
-        file_write_blockers(table_detail(spark, tables[t])) for t in ("layers", "models")
-    )
+    direct = driver_may_rewrite(spark, tables, report.write)
     layer_rows = [row for _, layers in results.values() for row in layers]
     summaries = [summary for summary, _ in results.values()]
     commit_layers_and_models(spark, tables["layers"], tables["models"], layer_rows, summaries, ids, direct, phase)

@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pyspark.sql import SparkSession
 
 from filterspark.delta.capabilities import set_job_description
-from filterspark.delta.files import file_write_blockers
 from filterspark.delta.registry import register_tables
 from filterspark.delta.schemas import FILTER_METADATA, KERNELS
 from filterspark.delta.tables import ensure_tables, id_predicate, table_detail
@@ -36,8 +35,8 @@ from filterspark.kernels.quality import LayerQuality, QualityThresholds
 from filterspark.kernels.shapes import parse_kernel_sizes
 from filterspark.pipelines.model_rows import fingerprint, layer_row, quality_rollup
 from filterspark.pipelines.writes import (
-    ROW_TABLES, WRITE_MODES, commit_layers_and_models, commit_task_files, existing_fingerprints, remove_model_rows,
-    stream_filters, write_path,
+    ROW_TABLES, check_write_mode, commit_layers_and_models, commit_task_files, driver_may_rewrite,
+    existing_fingerprints, remove_model_rows, stream_filters, write_path,
 )
 from filterspark.sources.filterdb_h5 import FORMAT_NAME, FilterDB, ImportModel, LayerRange, plan_units
 
@@ -65,8 +64,7 @@ class ImportOptions(WarehouseOptions):
 
     def __post_init__(self) -> None:
         self.kernels = parse_kernel_sizes(self.kernels)
-        if self.write not in WRITE_MODES:
-            raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {self.write!r}")
+        check_write_mode(self.write)
         if self.rows_per_task < 1:
             raise OptionsError(f"rows_per_task must be at least 1, not {self.rows_per_task}")
         super().__post_init__()
@@ -309,9 +307,7 @@ def run_import(spark: SparkSession, db: FilterDB, options: ImportOptions) -> Imp
         mine = [results[(l.model_id, l.layer_index)] for l in m.layers]
         layer_rows += [_layer_row(l, db.filters.dtype, r["quality"]) for l, r in zip(m.layers, mine)]
         model_rows.append(_model_row(db, m, mine, fps[m.model_id], options.thresholds))
-    direct = report.write == "files" and not any(
-        file_write_blockers(table_detail(spark, tables[t])) for t in ("layers", "models")
-    )
+    direct = driver_may_rewrite(spark, tables, report.write)
     commit_layers_and_models(spark, tables["layers"], tables["models"], layer_rows, model_rows, ids, direct)
     register_tables(spark, options.tables)
 

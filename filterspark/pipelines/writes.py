@@ -53,14 +53,19 @@ def existing_fingerprints(spark: SparkSession, models: TableRef, ids: list[int],
     return {r.model_id: (r.fingerprint, r.kernel_shape_counts) if shapes else r.fingerprint for r in rows}
 
 
+def check_write_mode(requested: str) -> None:
+    """Refuse a ``write`` setting that is not one of :data:`WRITE_MODES`."""
+    if requested not in WRITE_MODES:
+        raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {requested!r}")
+
+
 def write_path(
     spark: SparkSession, tables: dict[str, TableRef], names: Sequence[str], requested: str
 ) -> tuple[str, str, dict[str, str]]:
     """``(mode, reason, local roots)``: whether the tasks write the files of the tables
     ``names`` themselves (with those tables' local roots when they do), for the
     ``requested`` mode; ``reason``: why the spark path was taken."""
-    if requested not in WRITE_MODES:
-        raise OptionsError(f"write must be one of {', '.join(WRITE_MODES)}, not {requested!r}")
+    check_write_mode(requested)
     if requested == "spark":
         return "spark", "write='spark'", {}
     reasons = []
@@ -244,13 +249,21 @@ def _replace_model_rows(
     spark_write()
 
 
+def driver_may_rewrite(spark: SparkSession, tables: dict[str, TableRef], mode: str) -> bool:
+    """Whether ``layers`` and ``models`` may be rewritten on the driver
+    (:func:`commit_layers_and_models`' ``direct``): the run took the files path (``mode``)
+    and neither table has a feature plain Parquet files cannot keep."""
+    return mode == "files" and not any(file_write_blockers(table_detail(spark, tables[t])) for t in ("layers", "models"))
+
+
 def commit_layers_and_models(
     spark: SparkSession, layers: TableRef, models: TableRef, layer_rows: list[dict], model_rows: list[dict],
     ids: list[int], direct: bool, phase: Callable[[str, str | None], None] | None = None,
 ) -> None:
     """Replace the ``layers`` rows of models ``ids``, then write their ``models`` rows (the
     commit record, always last). ``direct``: rewrite the tables' few small files on the
-    driver with one commit each (classic sessions, local files), else through Spark."""
+    driver with one commit each (classic sessions, local files; :func:`driver_may_rewrite`),
+    else through Spark."""
     predicate = id_predicate("model_id", ids)
     _replace_model_rows(
         spark, layers, layer_rows, LAYERS, ids, direct,
